@@ -1,0 +1,213 @@
+"""The chip-dataset contract: how prepared training chips are laid out on disk and read back.
+
+A chip dataset is one directory::
+
+    <root>/dataset.json                      written last: its presence marks the dataset complete
+    <root>/manifest.csv                      one row per chip (MANIFEST_COLUMNS)
+    <root>/scenes/<scene>/<array>.npy        per-scene chip arrays, uint8, row i = the scene's chip i
+
+Image arrays are (N, C, H, W) uint8, label arrays (N, H, W) uint8 holding class indices
+with ``ignore_index`` (255) where the source had no data. Arrays are memory-mapped on read,
+so a DataLoader worker touches only the chips it serves.
+
+Chips stay georeferenced: each manifest row holds the chip's pixel window in its source raster,
+the raster CRS (WKT) and the chip's own affine transform (a, b, c, d, e, f), so a prediction can
+be written back onto the map.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from apps.core.errors import InputError
+
+FORMAT = "geoscale-chips/1"
+SPLITS = ("train", "val", "test")
+IGNORE_INDEX = 255
+MANIFEST_COLUMNS = (
+    "chip_id", "split", "scene", "index", "source",
+    "col_off", "row_off", "width", "height",
+    "crs", "a", "b", "c", "d", "e", "f",
+    "nodata_fraction",
+)
+"""Fixed manifest columns; one ``fraction_<class>`` column per class follows them."""
+
+
+@dataclass(frozen=True)
+class ChipRecord:
+    """One manifest row: where a chip came from and what it holds."""
+
+    chip_id: str
+    split: str
+    scene: str
+    index: int
+    source: str
+    col_off: int
+    row_off: int
+    width: int
+    height: int
+    crs: str
+    transform: tuple[float, float, float, float, float, float]
+    nodata_fraction: float
+    class_fractions: dict[str, float] = field(default_factory=dict)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name, so readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_scene_arrays(root: Path, scene: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Store one scene's chip arrays under ``root/scenes/<scene>/`` atomically.
+
+    The arrays are written into a temporary directory that is renamed into place, so a scene
+    directory either holds all its arrays or does not exist. Returns array name -> path
+    relative to ``root``.
+    """
+    root = Path(root)
+    final = root / "scenes" / scene
+    tmp = root / "scenes" / f".{scene}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    lengths = {name: len(arr) for name, arr in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"scene {scene}: chip arrays differ in length: {lengths}")
+    for name, arr in arrays.items():
+        if arr.dtype != np.uint8:
+            raise ValueError(f"scene {scene}: array {name} is {arr.dtype}, expected uint8")
+        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return {name: str(Path("scenes") / scene / f"{name}.npy") for name in arrays}
+
+
+def write_dataset_index(
+    root: Path,
+    records: Sequence[ChipRecord],
+    scenes: Mapping[str, Mapping],
+    classes: Sequence[str],
+    arrays: Mapping[str, Mapping],
+    attrs: Mapping | None = None,
+) -> Path:
+    """Write ``manifest.csv`` and then ``dataset.json``, completing the dataset at ``root``.
+
+    ``scenes`` maps scene id -> {"split", "chips", "arrays": {name: relative path}, ...};
+    ``arrays`` describes each array name ({"kind": "image"|"label", "channels", "bands", ...});
+    ``attrs`` holds free-form facts about how the chips were made (chip size, thresholds).
+    """
+    root = Path(root)
+    fraction_cols = [f"fraction_{c}" for c in classes]
+    tmp = root / f".manifest.csv.tmp-{os.getpid()}"
+    with tmp.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*MANIFEST_COLUMNS, *fraction_cols])
+        for r in records:
+            writer.writerow([
+                r.chip_id, r.split, r.scene, r.index, r.source,
+                r.col_off, r.row_off, r.width, r.height,
+                r.crs, *(repr(float(v)) for v in r.transform),
+                f"{r.nodata_fraction:.6f}",
+                *(f"{r.class_fractions.get(c, 0.0):.6f}" for c in classes),
+            ])
+    os.replace(tmp, root / "manifest.csv")
+    counts = {s: sum(1 for r in records if r.split == s) for s in SPLITS}
+    index = {
+        "format": FORMAT,
+        "classes": list(classes),
+        "ignore_index": IGNORE_INDEX,
+        "arrays": {k: dict(v) for k, v in arrays.items()},
+        "splits": counts,
+        "scenes": {k: dict(v) for k, v in scenes.items()},
+        "attrs": dict(attrs or {}),
+    }
+    path = root / "dataset.json"
+    atomic_write_text(path, json.dumps(index, indent=2, default=str))
+    return path
+
+
+class ChipDataset:
+    """A complete chip dataset opened for reading.
+
+    Raises InputError naming the directory when it is missing, incomplete (no ``dataset.json``:
+    data prep did not finish) or of another format.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        index_path = self.root / "dataset.json"
+        if not self.root.is_dir():
+            raise InputError(f"chip dataset {self.root}: directory not found (run data prep first)")
+        if not index_path.is_file():
+            raise InputError(
+                f"chip dataset {self.root}: incomplete, no dataset.json (data prep did not finish; re-run it)"
+            )
+        try:
+            self.index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(f"chip dataset {index_path}: unreadable ({exc})") from None
+        if self.index.get("format") != FORMAT:
+            raise InputError(f"chip dataset {self.root}: format {self.index.get('format')!r}, expected {FORMAT!r}")
+        self.classes: list[str] = list(self.index["classes"])
+        self.ignore_index: int = int(self.index["ignore_index"])
+        self.arrays: dict[str, dict] = self.index["arrays"]
+        self.attrs: dict = self.index.get("attrs", {})
+        self._records: list[ChipRecord] | None = None
+
+    @property
+    def records(self) -> list[ChipRecord]:
+        """All manifest rows, in manifest order."""
+        if self._records is None:
+            self._records = list(_read_manifest(self.root / "manifest.csv", self.classes))
+        return self._records
+
+    def split_records(self, split: str) -> list[ChipRecord]:
+        """The rows of one split; InputError if the split is unknown or holds no chip."""
+        if split not in SPLITS:
+            raise InputError(f"chip dataset {self.root}: unknown split {split!r} (expected one of {SPLITS})")
+        rows = [r for r in self.records if r.split == split]
+        if not rows:
+            counts = self.index.get("splits", {})
+            raise InputError(f"chip dataset {self.root}: split '{split}' has no chips (splits: {counts})")
+        return rows
+
+    def require_array(self, name: str) -> dict:
+        """The description of array ``name``; InputError naming the available ones if absent."""
+        if name not in self.arrays:
+            raise InputError(
+                f"chip dataset {self.root}: has no '{name}' chips (available: {', '.join(sorted(self.arrays))})"
+            )
+        return self.arrays[name]
+
+    def open_array(self, scene: str, name: str) -> np.ndarray:
+        """Memory-map one scene's array ``name``: (N, C, H, W) for images, (N, H, W) for labels."""
+        rel = self.index["scenes"][scene]["arrays"][name]
+        path = self.root / rel
+        if not path.is_file():
+            raise InputError(f"chip dataset {self.root}: missing array file {rel}")
+        return np.load(path, mmap_mode="r")
+
+
+def _read_manifest(path: Path, classes: Iterable[str]) -> Iterable[ChipRecord]:
+    if not path.is_file():
+        raise InputError(f"chip dataset {path.parent}: manifest.csv missing")
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            yield ChipRecord(
+                chip_id=row["chip_id"], split=row["split"], scene=row["scene"], index=int(row["index"]),
+                source=row["source"], col_off=int(row["col_off"]), row_off=int(row["row_off"]),
+                width=int(row["width"]), height=int(row["height"]), crs=row["crs"],
+                transform=tuple(float(row[k]) for k in "abcdef"),
+                nodata_fraction=float(row["nodata_fraction"]),
+                class_fractions={c: float(row[f"fraction_{c}"]) for c in classes},
+            )
