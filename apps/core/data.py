@@ -1,0 +1,106 @@
+"""Chip datasets as PyTorch datasets and a Lightning DataModule over them."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data_prep.chips import ChipDataset
+
+
+def random_dihedral(image: np.ndarray, label: np.ndarray, generator: torch.Generator | None = None):
+    """The same random flip and 90-degree rotation applied to ``image`` (..., H, W) and ``label`` (H, W).
+
+    One of the 8 symmetries of the square, uniformly; square chips keep their shape.
+    """
+    k, flip = torch.randint(0, 4, (1,), generator=generator).item(), torch.randint(0, 2, (1,), generator=generator).item()
+    if flip:
+        image, label = image[..., ::-1], label[..., ::-1]
+    if k:
+        image, label = np.rot90(image, k, axes=(-2, -1)), np.rot90(label, k, axes=(-2, -1))
+    return image, label
+
+
+class ChipSplit(Dataset):
+    """One split of a chip dataset as samples ``{key: tensor}``.
+
+    ``images`` maps sample key -> image array name (uint8 (C, H, W) -> float32 (C, H, W) in [0, 1]),
+    one tensor per key, so a change-detection sample can hold ``before`` and ``after``.
+    ``label`` names the label array (uint8 (H, W) -> int64 ``mask``).
+    With ``augment`` every sample gets one random flip/rotation shared by its images and label.
+    """
+
+    def __init__(self, chips: ChipDataset, split: str, images: Mapping[str, str], label: str = "mask",
+                 augment: bool = False) -> None:
+        for name in (*images.values(), label):
+            chips.require_array(name)
+        self.chips = chips
+        self.records = chips.split_records(split)
+        self.images = dict(images)
+        self.label = label
+        self.augment = augment
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _array(self, scene: str, name: str) -> np.ndarray:
+        key = (scene, name)
+        if key not in self._arrays:  # opened lazily, so each DataLoader worker maps its own files
+            self._arrays[key] = self.chips.open_array(scene, name)
+        return self._arrays[key]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        record = self.records[i]
+        label = self._array(record.scene, self.label)[record.index]
+        stacked = np.concatenate([self._array(record.scene, name)[record.index] for name in self.images.values()])
+        if self.augment:
+            stacked, label = random_dihedral(stacked, label)
+        sample = {"mask": torch.from_numpy(np.ascontiguousarray(label)).long()}
+        start = 0
+        for key, name in self.images.items():
+            channels = self.chips.arrays[name]["channels"]
+            part = np.ascontiguousarray(stacked[start:start + channels])
+            sample[key] = torch.from_numpy(part).float().div_(255.0)
+            start += channels
+        return sample
+
+
+class ChipDataModule(pl.LightningDataModule):
+    """Train (augmented), val and test loaders over a chip dataset directory ``root``."""
+
+    def __init__(self, root: str, images: Mapping[str, str], batch_size: int = 8, num_workers: int = 2,
+                 augment: bool = True, label: str = "mask") -> None:
+        super().__init__()
+        self.root = root
+        self.images = dict(images)
+        self.label = label
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augment = augment
+        self.splits: dict[str, ChipSplit] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        chips = ChipDataset(self.root)
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
+        for split in wanted:
+            if split not in self.splits:
+                self.splits[split] = ChipSplit(chips, split, self.images, self.label, self.augment and split == "train")
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

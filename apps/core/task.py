@@ -1,0 +1,52 @@
+"""The LightningModule base that every app's task extends: optimizer and schedule from the config."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+
+def plain(cfg: Any) -> Any:
+    """``cfg`` with every DictConfig/ListConfig turned into plain dicts and lists (checkpoints hold
+    hyperparameters that load with ``torch.load(weights_only=True)``)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def _as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return dict(cfg)
+
+
+class BaseTask(pl.LightningModule):
+    """Optimizer and learning-rate schedule built from their config groups.
+
+    ``optimizer`` is a partial ``_target_`` config (conf/optimizer/*.yaml) completed with the
+    trainable parameters; ``scheduler`` likewise (conf/scheduler/*.yaml), stepped once per epoch,
+    or ``_target_: null`` for a constant learning rate.
+    """
+
+    def __init__(self, optimizer: Mapping, scheduler: Mapping | None = None) -> None:
+        super().__init__()
+        self.optimizer_cfg = _as_dict(optimizer)
+        self.scheduler_cfg = _as_dict(scheduler)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = instantiate(self.optimizer_cfg)(params)
+        if not self.scheduler_cfg.get("_target_"):
+            return optimizer
+        scheduler = instantiate(self.scheduler_cfg)(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of parameters of the model (trainable or not)."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,145 @@
+"""The one training entry of every app: config in, run directory and objective value out."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from apps.core.errors import InputError
+from apps.core.runinfo import peak_memory, read_completed, record_provenance, write_metrics
+from data_prep.chips import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.ckpt"
+UPLOAD_RECORD = "upload.json"
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None):
+    """A Lightning Trainer from ``cfg.trainer``, logging and checkpointing into ``run_dir``.
+
+    Returns (trainer, checkpoint callback, run clock).
+    """
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from apps.core.callbacks import RunClock
+
+    callback_cfg = OmegaConf.to_container(cfg.callbacks, resolve=True)
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / CHECKPOINT_DIR,
+        filename="best-epoch{epoch:03d}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        save_top_k=1,
+        **callback_cfg.pop("checkpoint"),
+    )
+    clock = RunClock()
+    callbacks = [checkpoint, clock, *(instantiate(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
+    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
+    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
+    return trainer, checkpoint, clock
+
+
+def _device_facts(trainer) -> dict[str, Any]:
+    import torch
+
+    device = trainer.strategy.root_device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return {"device": name, "device_kind": device.type, "device_count": trainer.num_devices * trainer.num_nodes}
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train, test and record one configuration in ``run_dir``; return the value of ``cfg.objective``.
+
+    Seeds everything, builds the datamodule (``cfg.data``), the task (``cfg.task``) and the trainer,
+    fits (resuming from ``checkpoints/last.ckpt`` if an earlier attempt left one), tests the best
+    checkpoint by ``cfg.monitor``, writes metrics.json and provenance.json, and copies the run
+    directory to ``cfg.upload.to`` if set. A run directory that already holds a completed result is
+    not trained again: its saved objective is returned, so a re-run sweep skips finished points.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = read_completed(run_dir)
+    if done is not None:
+        log.info("%s already holds a completed run; not training again", run_dir)
+        _upload(cfg, run_dir)
+        return float(done["objective"]["value"])
+
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+
+    record_provenance(run_dir)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule = instantiate(cfg.data)
+    task = instantiate(cfg.task)
+    trainer, checkpoint, clock = build_trainer(cfg, run_dir)
+    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    if last.is_file():
+        log.info("resuming from %s", last)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+        best = checkpoint.best_model_path or str(last)
+        tested = trainer.test(task, datamodule=datamodule, ckpt_path=best)[0]
+    except MisconfigurationException as exc:
+        raise InputError(f"trainer/callbacks config: {exc}") from None
+
+    metrics = {k: float(v) for k, v in tested.items()}
+    if checkpoint.best_model_score is not None:
+        metrics[str(cfg.monitor)] = float(checkpoint.best_model_score)
+    if cfg.objective not in metrics:
+        raise InputError(f"objective={cfg.objective}: not a metric of this run (has {', '.join(sorted(metrics))})")
+    memory, memory_kind = peak_memory()
+    record = {
+        "status": "completed",
+        "app": cfg.app,
+        "objective": {"name": cfg.objective, "mode": cfg.monitor_mode, "value": metrics[cfg.objective]},
+        "metrics": metrics,
+        "facts": {
+            "parameters": task.num_parameters,
+            "wall_time_s": round(clock.elapsed_s, 3),
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "peak_memory_bytes": memory,
+            "peak_memory_kind": memory_kind,
+            **_device_facts(trainer),
+            "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute() else best),
+            "seed": int(cfg.seed),
+        },
+    }
+    if trainer.is_global_zero:
+        write_metrics(run_dir, record)
+        _upload(cfg, run_dir)
+    return record["objective"]["value"]
+
+
+def _upload(cfg: DictConfig, run_dir: Path) -> None:
+    """Copy the finished run directory to ``cfg.upload.to`` once; the destination keeps the path
+    of the run below ``cfg.output_root`` (so a sweep keeps its layout)."""
+    destination = OmegaConf.select(cfg, "upload.to")
+    if not destination or (run_dir / UPLOAD_RECORD).is_file():
+        return
+    from apps.core.storage import upload_run_dir
+
+    root = Path(cfg.output_root).resolve()
+    here = run_dir.resolve()
+    relative_to = root if here.is_relative_to(root) else here.parent
+    options = OmegaConf.to_container(cfg.upload.storage_options, resolve=True)
+    url = upload_run_dir(run_dir, destination, options, relative_to=relative_to)
+    atomic_write_text(run_dir / UPLOAD_RECORD, json.dumps({"uploaded_to": url}))
+    log.info("copied %s to %s", run_dir, url)
+
+
+def hydra_task(cfg: DictConfig) -> float:
+    """The Hydra task function of every training app: train into Hydra's output directory."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return train(cfg, HydraConfig.get().runtime.output_dir)

@@ -1,0 +1,66 @@
+"""Pretrained weights from local files only: nothing is downloaded at run time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from apps.core.errors import InputError
+
+CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def find_weights_file(weights_path: str | None, weights_dir: str, stem: str, what: str, source_hint: str) -> Path:
+    """The local weights file for ``what``: ``weights_path`` if given, else ``<weights_dir>/<stem><suffix>``.
+
+    Raises InputError naming the file(s) looked for and what to provide when none exists.
+    """
+    if weights_path:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise InputError(f"{what}: weights file {path} not found")
+        return path
+    candidates = [Path(weights_dir).expanduser() / f"{stem}{suffix}" for suffix in WEIGHT_SUFFIXES]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise InputError(
+        f"{what}: no local weights (looked for {candidates[0]} or .pth/.pt beside it; nothing is downloaded): "
+        f"{source_hint}, save it there or pass its path as init.weights_path, or use init=random"
+    )
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a .safetensors or a torch checkpoint (plain state dict, or under 'state_dict'/'model')."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt or foreign files fail in many library-specific ways
+        raise InputError(f"weights file {path}: unreadable ({type(exc).__name__}: {exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise InputError(f"weights file {path}: holds no state dict")
+    return state
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    """Load pretrained classification-network weights into ``encoder``, ignoring its classifier head.
+
+    Every encoder tensor must be present with the same shape; InputError otherwise.
+    """
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(CLASSIFIER_PREFIXES)}
+    result = encoder.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            f"weights file {path}: does not fit the encoder "
+            f"(missing {len(result.missing_keys)} tensors such as {result.missing_keys[:2]}, "
+            f"unexpected {len(result.unexpected_keys)} such as {result.unexpected_keys[:2]})"
+        )
