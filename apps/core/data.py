@@ -56,7 +56,7 @@ class ChipSplit(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         record = self.records[i]
-        label = self._array(record.scene, self.label)[record.index]
+        label = np.array(self._array(record.scene, self.label)[record.index])  # copied out of the read-only map
         stacked = np.concatenate([self._array(record.scene, name)[record.index] for name in self.images.values()])
         if self.augment:
             stacked, label = random_dihedral(stacked, label)

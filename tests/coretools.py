@@ -1,0 +1,35 @@
+"""Shared helpers for tests of the training core: config composition and tiny-model overrides."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from apps.core.cli import CONF_DIR
+from apps.core.config import register_resolvers
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A U-Net small enough to train in seconds on 32x32 chips.
+TINY_MODEL = [
+    "model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]",
+    "batch_size=4", "num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+]
+
+
+def compose_config(config_name: str = "burned_area", overrides: list[str] = ()):
+    """The composed app config, as the app would see it (without the hydra node)."""
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))
+
+
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in a child process; returns the finished process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)

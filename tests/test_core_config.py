@@ -1,0 +1,137 @@
+"""The Hydra config tree: every choice composes, the study's presets, one-line config errors."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from coretools import CONF_DIR, compose_config, run_module
+
+
+def group_options(group: str, app: str = "burned_area") -> list[str]:
+    root = Path(CONF_DIR)
+    folder = root / group if (root / group).is_dir() else root / app / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def test_top_level_study_names():
+    cfg = compose_config(overrides=["lr=0.01", "batch_size=16", "epochs=7", "seed=3"])
+    assert cfg.optimizer.lr == 0.01
+    assert cfg.data.batch_size == 16
+    assert cfg.trainer.max_epochs == 7
+    assert cfg.seed == 3
+    assert cfg.task.optimizer.lr == 0.01
+
+
+@pytest.mark.parametrize("group", ["model", "optimizer", "scheduler", "init", "data", "loss", "trainer", "logger"])
+def test_every_group_option_composes(group):
+    options = group_options(group)
+    assert options, f"no options in group {group}"
+    for option in options:
+        cfg = compose_config(overrides=[f"{group}={option}"])
+        assert cfg.app == "burned_area"
+
+
+def test_every_optimizer_and_scheduler_builds():
+    import torch
+
+    from apps.core.task import BaseTask
+
+    class Linear(BaseTask):
+        def __init__(self, optimizer, scheduler):
+            super().__init__(optimizer, scheduler)
+            self.layer = torch.nn.Linear(2, 1)
+
+    expected = {"sgd": "SGD", "adam": "Adam", "adamw": "AdamW", "lamb": "Lamb"}
+    for optimizer, scheduler in itertools.product(group_options("optimizer"), group_options("scheduler")):
+        cfg = compose_config(overrides=[f"optimizer={optimizer}", f"scheduler={scheduler}", "lr=0.5"])
+        built = Linear(cfg.optimizer, cfg.scheduler).configure_optimizers()
+        opt = built["optimizer"] if isinstance(built, dict) else built
+        assert type(opt).__name__ == expected[optimizer]
+        assert opt.param_groups[0]["lr"] == 0.5
+        assert isinstance(built, dict) == (scheduler != "none")
+
+
+def test_step_schedule_halves_every_50_epochs():
+    import torch
+
+    cfg = compose_config(overrides=["scheduler=step", "lr=1.0"])
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = instantiate(cfg.scheduler)(opt)
+    lrs = []
+    for _ in range(150):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == lrs[49] == 1.0 and lrs[50] == lrs[99] == 0.5 and lrs[100] == 0.25
+
+
+def _sweep_points(cfg) -> list[dict[str, str]]:
+    params = cfg.hydra.sweeper.params
+    keys = list(params)
+    values = [str(params[k]).split(",") for k in keys]
+    return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def test_study_grid_preset_is_144_runs():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("burned_area", overrides=["experiment=burned_area_grid"], return_hydra_config=True)
+    points = _sweep_points(cfg)
+    assert len(points) == 144
+    assert {p["model"] for p in points} == {"unet", "deeplabv3"}
+    assert sum(p["model"] == "unet" for p in points) == 72
+    assert cfg.epochs == 100
+    for point in points[:: 37]:  # every choice in the grid names a real option
+        compose_config(overrides=["experiment=burned_area_grid", *(f"{k}={v}" for k, v in point.items())])
+
+
+def test_study_final_preset():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("burned_area", overrides=["experiment=burned_area_final"], return_hydra_config=True)
+    assert [p["model"] for p in _sweep_points(cfg)] == ["unet", "unetplusplus", "deeplabv3", "deeplabv3plus"]
+    assert (cfg.epochs, cfg.lr, cfg.batch_size) == (200, 1e-5, 32)
+    assert cfg.optimizer._target_ == "timm.optim.Lamb"
+    assert (cfg.scheduler.step_size, cfg.scheduler.gamma) == (50, 0.5)
+    assert cfg.init.weights == "imagenet"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("lrr=0.1", "lrr"),
+    ("model=unett", "model/unett"),
+    ("optimizer=adamm", "optimizer/adamm"),
+])
+def test_config_typos_fail_with_one_line(override, needle):
+    proc = run_module("apps.burned_area", override)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+
+
+def test_run_directories_never_collide():
+    """Two sweeps (separate processes, same second) resolve different directories."""
+    code = ("from coretools import compose_config\n"
+            "from hydra import compose, initialize_config_dir\n"
+            "from hydra.core.hydra_config import HydraConfig\n"
+            "from omegaconf import OmegaConf\n"
+            "from apps.core.cli import CONF_DIR\n"
+            "from apps.core.config import register_resolvers\n"
+            "register_resolvers()\n"
+            "with initialize_config_dir(config_dir=CONF_DIR, version_base='1.3'):\n"
+            "    cfg = compose('burned_area', return_hydra_config=True)\n"
+            "HydraConfig.instance().set_config(cfg)\n"
+            "print(cfg.hydra.sweep.dir, cfg.hydra.run.dir, cfg.hydra.sweep.dir)\n")
+    import subprocess, sys  # noqa: E401
+
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(Path(__file__).parent), stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    (sweep_a, run_a, sweep_a2), (sweep_b, run_b, _) = outputs
+    assert sweep_a == sweep_a2, "a sweep directory must resolve the same every time within one process"
+    assert sweep_a != sweep_b and run_a != run_b

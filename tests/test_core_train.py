@@ -1,0 +1,157 @@
+"""The training core end to end on a tiny chip dataset: run directory, determinism, resume, reuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from chipgen import make_chip_dataset
+from coretools import REPO, TINY_MODEL, compose_config, run_module
+
+from apps.core.errors import InputError
+from apps.core.train import train
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> Path:
+    return make_chip_dataset(tmp_path_factory.mktemp("chips"), chips_per_scene=8, size=32)
+
+
+def tiny_cfg(chips: Path, *extra: str):
+    return compose_config(overrides=[*TINY_MODEL, f"data.root={chips}", "epochs=2", *extra])
+
+
+def test_run_directory_contract(chips, tmp_path):
+    run_dir = tmp_path / "run"
+    value = train(tiny_cfg(chips), run_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed"
+    assert record["objective"] == {"name": "test/iou", "mode": "max", "value": value}
+    assert {"test/precision", "test/recall", "test/f1", "test/iou", "val/iou"} <= set(record["metrics"])
+    facts = record["facts"]
+    assert facts["epochs"] == 2 and facts["device"] == "cpu" and facts["device_count"] == 1
+    assert facts["parameters"] > 0 and facts["wall_time_s"] > 0 and facts["peak_memory_bytes"] > 0
+    assert facts["peak_memory_kind"] == "process_rss"
+    assert (run_dir / facts["best_checkpoint"]).is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    provenance = json.loads((run_dir / "provenance.json").read_text())["attempts"][0]
+    assert provenance["git_commit"] and "torch" in provenance["packages"] and provenance["command_line"]
+    assert (run_dir / "logs" / "metrics.csv").is_file()
+    assert (run_dir / "test_examples.png").stat().st_size > 1000
+    # The synthetic discs are easy: two epochs already separate them better than chance.
+    assert value > 0.3
+
+
+def test_same_seed_same_metrics(chips, tmp_path):
+    first = train(tiny_cfg(chips, "seed=7"), tmp_path / "a")
+    second = train(tiny_cfg(chips, "seed=7"), tmp_path / "b")
+    other = train(tiny_cfg(chips, "seed=8"), tmp_path / "c")
+    a, b, c = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in "abc")
+    assert first == second and a == b
+    assert a != c
+
+
+def test_completed_run_is_not_trained_again(chips, tmp_path):
+    run_dir = tmp_path / "run"
+    value = train(tiny_cfg(chips), run_dir)
+    stamp = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    assert train(tiny_cfg(chips), run_dir) == value
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
+
+
+def test_tensorboard_logger_and_other_losses(chips, tmp_path):
+    train(tiny_cfg(chips, "logger=tensorboard", "loss=ce_dice", "optimizer=lamb", "scheduler=cosine", "epochs=1"),
+          tmp_path / "run")
+    assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
+
+
+def test_missing_split_is_an_input_error(tmp_path):
+    chips = make_chip_dataset(tmp_path / "chips", chips_per_scene=2, splits={"a": "train", "b": "val"})
+    with pytest.raises(InputError, match="split 'test' has no chips"):
+        train(tiny_cfg(chips), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_objective_must_be_a_metric(chips, tmp_path):
+    with pytest.raises(InputError, match="objective=test/iouu"):
+        train(tiny_cfg(chips, "objective=test/iouu", "epochs=1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def _metrics_csv_epochs(run_dir: Path) -> list[int]:
+    import csv
+
+    with (run_dir / "logs" / "metrics.csv").open() as fh:
+        return sorted({int(row["epoch"]) for row in csv.DictReader(fh) if row.get("val/iou")})
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
+    """A run killed with SIGKILL during its second epoch, re-run with the same command, continues
+    from its last checkpoint and ends with the configured number of epochs."""
+    chips = make_chip_dataset(tmp_path / "chips", chips_per_scene=48, size=32)
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "apps.burned_area", *TINY_MODEL, "batch_size=2", f"data.root={chips}",
+            "epochs=3", f"hydra.run.dir={run_dir}"]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # well into the second epoch (an epoch takes several seconds)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "metrics.json").exists()
+
+    import torch
+
+    killed_at_epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
+    assert killed_at_epoch < 2
+
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in rerun.stdout + rerun.stderr
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["facts"]["epochs"] == 3
+    assert len(json.loads((run_dir / "provenance.json").read_text())["attempts"]) == 2
+    assert _metrics_csv_epochs(run_dir)[-1] == 2
+
+
+@pytest.mark.slow
+def test_local_sweep_and_reproduce(chips, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_module("apps.burned_area", "-m", *TINY_MODEL, f"data.root={chips}", "epochs=1",
+                      "lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+    assert all(r["status"] == "completed" for r in records)
+    assert (sweep / "summary.md").is_file()
+
+    # A re-run of the same sweep trains nothing again.
+    stamp = (sweep / "0" / "metrics.json").stat().st_mtime_ns
+    again = run_module("apps.burned_area", "-m", *TINY_MODEL, f"data.root={chips}", "epochs=1",
+                       "lr=1e-3,1e-2", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0 and (sweep / "0" / "metrics.json").stat().st_mtime_ns == stamp
+
+    evaluated = run_module("apps.reproduce", str(sweep / "0"), "--evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    result = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert result["new"]["test/iou"] == pytest.approx(result["saved"]["test/iou"], abs=1e-6)
+
+    retrained = run_module("apps.reproduce", str(sweep / "1"), "--out", str(tmp_path / "again"))
+    assert retrained.returncode == 0, retrained.stderr[-2000:]
+    result = json.loads(retrained.stdout.strip().splitlines()[-1])
+    assert result["new"]["test/iou"] == pytest.approx(result["saved"]["test/iou"], abs=1e-6)
+
+
+def test_reproduce_rejects_a_directory_that_is_not_a_run(tmp_path):
+    proc = run_module("apps.reproduce", str(tmp_path), "--evaluate")
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and str(tmp_path) in proc.stderr
