@@ -1,0 +1,94 @@
+"""Copy finished run directories to object storage (S3 and S3-compatible) or a local path."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from apps.core.errors import InputError
+from apps.core.runinfo import METRICS_FILE
+
+#: Names of files being written atomically (``.metrics.json.tmp-1234``): never uploaded.
+TEMPORARY_FILE_PATTERN = ".*.tmp-*"
+
+
+def upload_run_dir(
+    run_dir: str | os.PathLike,
+    destination: str,
+    storage_options: dict | None = None,
+    relative_to: str | os.PathLike | None = None,
+) -> str:
+    """Copy every file of ``run_dir`` to ``<destination>/<name>`` through fsspec.
+
+    ``destination`` is an fsspec URL (``s3://bucket/prefix``, ``file:///srv/runs``) or a
+    plain local path. ``name`` is the run directory's path relative to ``relative_to``
+    (default: the run directory's parent, so ``name`` is its own name); pass a sweep's
+    parent directory to keep the sweep's layout (``<sweep>/<job>``) under the destination.
+    All files are copied, checkpoints included, except temporary files of atomic writes
+    (``.*.tmp-*``). The run's ``metrics.json`` is copied last, so a partial upload reads as
+    an incomplete run. Existing objects are overwritten; stale ones are left in place.
+
+    ``storage_options`` go to the fsspec filesystem; for s3fs e.g.
+    ``{"client_kwargs": {"endpoint_url": "http://minio:9000"},
+    "config_kwargs": {"connect_timeout": 5, "retries": {"max_attempts": 2}}}``.
+    Credentials come from the usual places (``AWS_ACCESS_KEY_ID``, profiles, ...).
+
+    Returns the URL of the uploaded run directory. Raises ``InputError``, one line naming
+    the destination and the problem (unreachable endpoint, missing credentials or bucket,
+    unknown protocol, ``run_dir`` missing or not below ``relative_to``). The upload happens
+    after the run has finished, so the caller decides whether a failed upload fails it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(f"run directory {run_dir} does not exist or is not a directory")
+    name = _name_under_destination(run_dir, relative_to)
+    url = f"{destination.rstrip('/')}/{name}"
+
+    files = _files_to_upload(run_dir)
+    marker = run_dir / METRICS_FILE  # last, so that a partial upload reads as an incomplete run
+    batches = [[path for path in files if path != marker], [marker] if marker in files else []]
+    try:
+        from fsspec.core import url_to_fs
+        from fsspec.implementations.local import LocalFileSystem
+
+        filesystem, root = url_to_fs(url, **(storage_options or {}))
+        remote_path = {
+            path: f"{root.rstrip('/')}/{path.relative_to(run_dir).as_posix()}" for path in files
+        }
+        if isinstance(filesystem, LocalFileSystem):
+            # Object stores have no directories (and makedirs there may create a bucket).
+            for parent in sorted({os.path.dirname(path) for path in remote_path.values()}):
+                filesystem.makedirs(parent, exist_ok=True)
+        for batch in batches:
+            if batch:
+                filesystem.put([str(path) for path in batch], [remote_path[path] for path in batch])
+    except Exception as error:  # noqa: BLE001 - every fsspec backend raises its own types
+        raise InputError(f"cannot upload {run_dir} to {url}: {_one_line(error)}") from error
+    return url
+
+
+def _name_under_destination(run_dir: Path, relative_to: str | os.PathLike | None) -> str:
+    """The run directory's path relative to ``relative_to``, in POSIX form."""
+    if relative_to is None:
+        return run_dir.resolve().name
+    here, base = run_dir.resolve(), Path(relative_to).resolve()
+    if base not in here.parents:
+        raise InputError(f"run directory {run_dir} is not below {relative_to}")
+    return here.relative_to(base).as_posix()
+
+
+def _files_to_upload(run_dir: Path) -> list[Path]:
+    """Every file under ``run_dir``, recursively, except temporary files of atomic writes."""
+    return [
+        Path(parent) / file_name
+        for parent, _, file_names in os.walk(run_dir)
+        for file_name in file_names
+        if not fnmatch.fnmatch(file_name, TEMPORARY_FILE_PATTERN)
+    ]
+
+
+def _one_line(error: Exception) -> str:
+    """The error's type and message on one line."""
+    message = " ".join(str(error).split())
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
