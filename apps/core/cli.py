@@ -2,40 +2,58 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import conf
 
 CONF_DIR = str(Path(conf.__file__).resolve().parent)
 
 
-def _one_line(message: str) -> str:
+def _one_line(message: Any) -> str:
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def exit_with_error(message: Any) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with CONFIG_ERROR_EXIT_CODE."""
+    from apps.core.errors import CONFIG_ERROR_EXIT_CODE
+
+    print(f"error: {_one_line(message)}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 
 def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None:
     """Run ``task_function`` as the Hydra app of primary config ``conf/<config_name>.yaml``.
 
-    Bad input (an ``InputError`` raised by the task) and bad configuration (a misspelled
-    override or group choice, a missing value) print one line ``error: ...`` on stderr and exit
-    with CONFIG_ERROR_EXIT_CODE; any other exception is a bug and keeps its traceback.
+    Bad input (an ``InputError`` raised by the task, even wrapped by a library) and bad configuration
+    (a misspelled override or group choice, a missing value) print one line ``error: ...`` on stderr
+    and exit with CONFIG_ERROR_EXIT_CODE; any other exception is a bug and keeps its traceback.
     """
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from apps.core.config import register_resolvers
-    from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
+    from apps.core.config import input_error_cause, register_resolvers
+
+    @functools.wraps(task_function)
+    def guarded_task(cfg: Any) -> Any:
+        # Inside the job, so that Hydra does not first report the failure in its own words.
+        try:
+            return task_function(cfg)
+        except Exception as exc:
+            cause = input_error_cause(exc)
+            if cause is None:
+                raise
+            exit_with_error(cause)
 
     register_resolvers()
-    # Let exceptions reach us instead of Hydra's multi-line report.
+    # Let composition errors reach us instead of Hydra's multi-line report.
     os.environ["HYDRA_FULL_ERROR"] = "1"
-    main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(task_function)
+    main = hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)(guarded_task)
     try:
         main()
-    except (InputError, HydraException, OmegaConfBaseException) as exc:
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        sys.exit(CONFIG_ERROR_EXIT_CODE)
+    except (HydraException, OmegaConfBaseException) as exc:
+        exit_with_error(input_error_cause(exc) or exc)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from typing import Any
+
 from omegaconf import OmegaConf
+
+from apps.core.errors import InputError
 
 
 def register_resolvers() -> None:
@@ -16,3 +20,27 @@ def register_resolvers() -> None:
     """
     if not OmegaConf.has_resolver("uid"):
         OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
+
+
+def input_error_cause(exc: BaseException) -> InputError | None:
+    """The InputError behind ``exc`` (itself, or one that a library wrapped), if any."""
+    while exc is not None:
+        if isinstance(exc, InputError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def build(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node, **kwargs)``, letting an InputError raised by the object's
+    constructor through as itself rather than wrapped in Hydra's InstantiationException."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = input_error_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from apps.core.config import build
 from apps.core.errors import InputError
 from apps.core.runinfo import peak_memory, read_completed, record_provenance, write_metrics
 from data_prep.chips import atomic_write_text
@@ -26,7 +27,6 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     Returns (trainer, checkpoint callback, run clock).
     """
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from apps.core.callbacks import RunClock
@@ -41,8 +41,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
         **callback_cfg.pop("checkpoint"),
     )
     clock = RunClock()
-    callbacks = [checkpoint, clock, *(instantiate(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
-    logger = instantiate(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
+    callbacks = [checkpoint, clock, *(build(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
+    logger = build(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
     return trainer, checkpoint, clock
@@ -74,13 +74,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         return float(done["objective"]["value"])
 
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-    record_provenance(run_dir)
     pl.seed_everything(int(cfg.seed), workers=True)
-    datamodule = instantiate(cfg.data)
-    task = instantiate(cfg.task)
+    datamodule = build(cfg.data)
+    task = build(cfg.task)
+    record_provenance(run_dir)
     trainer, checkpoint, clock = build_trainer(cfg, run_dir)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if last.is_file():

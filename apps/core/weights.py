@@ -57,10 +57,15 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     Every encoder tensor must be present with the same shape; InputError otherwise.
     """
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(CLASSIFIER_PREFIXES)}
-    result = encoder.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    expected = encoder.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
         raise InputError(
-            f"weights file {path}: does not fit the encoder "
-            f"(missing {len(result.missing_keys)} tensors such as {result.missing_keys[:2]}, "
-            f"unexpected {len(result.unexpected_keys)} such as {result.unexpected_keys[:2]})"
+            f"weights file {path}: does not fit the encoder ({len(missing)} tensors missing such as "
+            f"{missing[:2]}, {len(unexpected)} unexpected such as {unexpected[:2]}, "
+            f"{len(reshaped)} of another shape such as {reshaped[:2]})"
         )
+    # nn.Module's own loader: some encoders override load_state_dict to drop classifier keys.
+    nn.Module.load_state_dict(encoder, state, strict=True)

@@ -34,8 +34,9 @@ def load_run(run_dir: Path):
 def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     """Test metrics of the run's saved best checkpoint, recomputed with its saved config."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from apps.core.config import build
 
     checkpoint = run_dir / record["facts"]["best_checkpoint"]
     if not checkpoint.is_file():
@@ -43,8 +44,8 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     if OmegaConf.select(cfg, "init.weights") is not None:
         cfg.init.weights = None  # the checkpoint replaces every weight: no pretrained file needed
     pl.seed_everything(int(cfg.seed), workers=True)
-    datamodule = instantiate(cfg.data)
-    task = instantiate(cfg.task)
+    datamodule = build(cfg.data)
+    task = build(cfg.task)
     trainer_cfg = cfg.trainer
     trainer = pl.Trainer(accelerator=trainer_cfg.accelerator, devices=1, precision=trainer_cfg.precision,
                          deterministic=trainer_cfg.deterministic, logger=False, enable_progress_bar=False,
