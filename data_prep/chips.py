@@ -21,9 +21,10 @@ import csv
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -68,6 +69,79 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def scene_array_paths(scene: str, names: Iterable[str]) -> dict[str, str]:
+    """Array name -> path of the scene's ``<name>.npy``, relative to the dataset root."""
+    return {name: str(Path("scenes") / scene / f"{name}.npy") for name in names}
+
+
+class ChipArrayWriter:
+    """Appends chips, in index order, to a uint8 ``.npy`` file of a fixed shape (first axis = chip).
+
+    Writing sequentially keeps memory flat however many chips a scene has.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]):
+        self.path, self.shape, self.written = Path(path), tuple(int(n) for n in shape), 0
+        self._file = self.path.open("wb")
+        np.lib.format.write_array_header_1_0(
+            self._file, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": self.shape}
+        )
+
+    def append(self, chips: np.ndarray) -> None:
+        """Write the next chip(s): one (*shape[1:]) chip or a (k, *shape[1:]) block, uint8."""
+        chips = np.asarray(chips)
+        block = chips[None] if chips.ndim == len(self.shape) - 1 else chips
+        if block.dtype != np.uint8 or block.shape[1:] != self.shape[1:]:
+            raise ValueError(f"{self.path.name}: got {block.dtype} {block.shape[1:]}, expected uint8 {self.shape[1:]}")
+        if self.written + len(block) > self.shape[0]:
+            raise ValueError(f"{self.path.name}: more than the {self.shape[0]} chips declared")
+        self._file.write(np.ascontiguousarray(block).data)
+        self.written += len(block)
+
+    def close(self) -> None:
+        """Close the file (closing again does nothing)."""
+        self._file.close()
+
+    def finish(self) -> None:
+        """Close the file; ValueError unless exactly the declared number of chips was written."""
+        self.close()
+        if self.written != self.shape[0]:
+            raise ValueError(f"{self.path.name}: {self.written} chips written, {self.shape[0]} declared")
+
+
+@contextmanager
+def scene_array_writer(
+    root: Path, scene: str, shapes: Mapping[str, tuple[int, ...]]
+) -> Iterator[tuple[dict[str, ChipArrayWriter], Path]]:
+    """Open one scene's uint8 chip arrays (name -> shape, first axis = chip) for appending chips.
+
+    Yields (name -> ChipArrayWriter, temporary scene directory); other files that belong with the
+    arrays may be written into that directory. On normal exit every array must be complete; the
+    directory is then renamed to ``root/scenes/<scene>/``, replacing an older one, so a scene
+    directory either holds everything or does not exist. On error it is removed.
+    """
+    root = Path(root)
+    lengths = {name: shape[0] for name, shape in shapes.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"scene {scene}: chip arrays differ in length: {lengths}")
+    final = root / "scenes" / scene
+    tmp = root / "scenes" / f".{scene}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    writers: dict[str, ChipArrayWriter] = {}
+    try:
+        writers.update({name: ChipArrayWriter(tmp / f"{name}.npy", shape) for name, shape in shapes.items()})
+        yield writers, tmp
+        for writer in writers.values():
+            writer.finish()
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        for writer in writers.values():
+            writer.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_scene_arrays(root: Path, scene: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
     """Store one scene's chip arrays under ``root/scenes/<scene>/`` atomically.
 
@@ -75,21 +149,10 @@ def save_scene_arrays(root: Path, scene: str, arrays: Mapping[str, np.ndarray]) 
     directory either holds all its arrays or does not exist. Returns array name -> path
     relative to ``root``.
     """
-    root = Path(root)
-    final = root / "scenes" / scene
-    tmp = root / "scenes" / f".{scene}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lengths = {name: len(arr) for name, arr in arrays.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"scene {scene}: chip arrays differ in length: {lengths}")
-    for name, arr in arrays.items():
-        if arr.dtype != np.uint8:
-            raise ValueError(f"scene {scene}: array {name} is {arr.dtype}, expected uint8")
-        np.save(tmp / f"{name}.npy", np.ascontiguousarray(arr))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return {name: str(Path("scenes") / scene / f"{name}.npy") for name in arrays}
+    with scene_array_writer(root, scene, {name: arr.shape for name, arr in arrays.items()}) as (writers, _):
+        for name, arr in arrays.items():
+            writers[name].append(arr)
+    return scene_array_paths(scene, arrays)
 
 
 def write_dataset_index(

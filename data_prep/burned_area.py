@@ -1,0 +1,274 @@
+"""Burned-area data prep: Sentinel-2 L2A scenes + burn polygons -> a chip dataset.
+
+    python -m data_prep.burned_area scenes_dir=scenes polygons=burn.gpkg out_dir=data/chips/burned_area
+    python -m data_prep.burned_area -m scene=a,b,c stage=chip scenes_dir=... polygons=... out_dir=...
+    python -m data_prep.burned_area stage=split scenes_dir=... out_dir=...
+
+Per scene: normalize (B04, B03, B02 stretched to uint8) -> label (polygons rasterized) -> chip
+(normalized, TCI and mask chips); then split over all scenes writes the manifest and, last,
+``dataset.json``. Layout of ``out_dir``::
+
+    dataset.json, manifest.csv          the chip dataset (data_prep.chips), written by split
+    scenes/<scene>/*.npy, chips.json    chip arrays and kept chips of each scene
+    work/<scene>/normalized.tif         normalized RGB, uint8, nodata 0
+    work/<scene>/label.tif              mask, uint8 0/1, 255 nodata
+    logs/                               Hydra logs of each run
+
+Each output records (a stamp) the settings and input files it was made from; a re-run skips
+outputs whose stamp still matches, so a prep that was killed midway finishes where it stopped.
+Any stage that rewrites something first removes ``dataset.json``, so the dataset never looks
+complete while it is being changed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from apps.core.errors import InputError
+from data_prep.chipping import ChipSettings, SceneChips, chip_scene, read_scene_chips
+from data_prep.geotiff import GeoTiffSettings, read_stamp, stamp_tags
+from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
+from data_prep.normalize import NormalizeSettings, normalize_bands
+from data_prep.scenes import Scene, find_scene, list_scene_folders, scene_name
+from data_prep.split import SplitSettings, write_split_dataset
+
+log = logging.getLogger(__name__)
+
+STAGES = ("normalize", "label", "chip", "split", "all")
+SCENE_STAGES = ("normalize", "label", "chip")
+TCI_BAND = "TCI"
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Everything the prep needs, checked; built from the Hydra config by ``from_cfg``."""
+
+    out_dir: Path | str
+    scenes_dir: Path | str | None = None
+    polygons: Path | str | None = None
+    bands: tuple[str, ...] = ("B04", "B03", "B02")
+    tci: bool = True
+    normalize: NormalizeSettings = NormalizeSettings()
+    label: LabelSettings = LabelSettings()
+    chip: ChipSettings = ChipSettings()
+    split: SplitSettings = SplitSettings()
+    geotiff: GeoTiffSettings = GeoTiffSettings()
+    force: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("out_dir", "scenes_dir", "polygons"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> "PrepConfig":
+        return cls(
+            out_dir=cfg.out_dir, scenes_dir=cfg.scenes_dir, polygons=cfg.polygons,
+            bands=tuple(cfg.bands), tci=bool(cfg.tci),
+            normalize=NormalizeSettings(**cfg.normalize), label=LabelSettings(**cfg.label),
+            chip=ChipSettings(**cfg.chip),
+            split=SplitSettings(**{**cfg.split, "fixed": dict(cfg.split.fixed)}),
+            geotiff=GeoTiffSettings(**cfg.geotiff), force=bool(cfg.force), progress=bool(cfg.progress),
+        )
+
+    @property
+    def scene_bands(self) -> tuple[str, ...]:
+        """The band files each scene must have."""
+        return (*self.bands, TCI_BAND) if self.tci else self.bands
+
+    def work_dir(self, scene: str) -> Path:
+        return self.out_dir / "work" / scene
+
+    def normalized_path(self, scene: str) -> Path:
+        return self.work_dir(scene) / "normalized.tif"
+
+    def label_path(self, scene: str) -> Path:
+        return self.work_dir(scene) / "label.tif"
+
+    def array_descriptions(self) -> dict[str, dict]:
+        """The dataset's ``arrays`` entry: what each chip array holds."""
+        arrays = {"normalized": {"kind": "image", "channels": len(self.bands), "bands": list(self.bands),
+                                 "nodata": 0}}
+        if self.tci:
+            arrays["tci"] = {"kind": "image", "channels": 3, "bands": ["TCI_R", "TCI_G", "TCI_B"], "nodata": 0}
+        arrays["mask"] = {"kind": "label"}
+        return arrays
+
+
+def _identity(path: Path) -> str:
+    """Path, size and modification time of an input file: changes when the file is replaced."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input file {path}: not found") from None
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def _stamp(stage: str, settings: dict, inputs: dict[str, Path]) -> dict:
+    stamp = {"stage": stage, "settings": settings, "inputs": {k: _identity(p) for k, p in inputs.items()}}
+    return json.loads(json.dumps(stamp))
+
+
+def _require(path: Path, scene: str, stage: str) -> Path:
+    if not path.is_file():
+        raise InputError(f"scene {scene}: {path} missing (run stage={stage} for this scene first)")
+    return path
+
+
+def invalidate_dataset(out_dir: Path) -> None:
+    """Remove ``dataset.json`` (and the manifest), marking the dataset incomplete while it changes."""
+    for name in ("dataset.json", "manifest.csv"):
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
+def run_normalize(scene: Scene, config: PrepConfig) -> bool:
+    """Normalize one scene unless its ``normalized.tif`` is up to date; True if it ran."""
+    out = config.normalized_path(scene.name)
+    stamp = _stamp("normalize", {"bands": list(config.bands), **asdict(config.normalize)},
+                   {band: scene.bands[band] for band in config.bands})
+    if not config.force and read_stamp(out) == stamp:
+        return False
+    invalidate_dataset(config.out_dir)
+    normalize_bands({band: scene.bands[band] for band in config.bands}, out, config.normalize, config.geotiff,
+                    stamp_tags(stamp), config.progress)
+    return True
+
+
+def _polygons(config: PrepConfig) -> Path:
+    if config.polygons is None:
+        raise InputError("polygons: not set (polygons=<burn polygon file>)")
+    return config.polygons
+
+
+def run_label(scene: Scene, config: PrepConfig) -> bool:
+    """Rasterize the polygons onto one scene unless its ``label.tif`` is up to date; True if it ran."""
+    polygons = _polygons(config)
+    normalized = _require(config.normalized_path(scene.name), scene.name, "normalize")
+    out = config.label_path(scene.name)
+    stamp = _stamp("label", asdict(config.label), {"polygons": polygons, "reference": normalized})
+    if not config.force and read_stamp(out) == stamp:
+        return False
+    invalidate_dataset(config.out_dir)
+    label_raster(polygons, normalized, out, config.label, config.geotiff, stamp_tags(stamp),
+                 config.progress)
+    return True
+
+
+def _chip_inputs(scene: Scene, config: PrepConfig) -> tuple[Path, dict[str, Path]]:
+    label = _require(config.label_path(scene.name), scene.name, "label")
+    images = {"normalized": _require(config.normalized_path(scene.name), scene.name, "normalize")}
+    if config.tci:
+        images["tci"] = scene.bands[TCI_BAND]
+    return label, images
+
+
+def run_chip(scene: Scene, config: PrepConfig) -> bool:
+    """Chip one scene unless its stored chips are up to date; True if it ran."""
+    label, images = _chip_inputs(scene, config)
+    stamp = _stamp("chip", asdict(config.chip), {"mask": label, **images})
+    stored = read_scene_chips(config.out_dir, scene.name)
+    if not config.force and stored is not None and stored.stamp == stamp:
+        return False
+    invalidate_dataset(config.out_dir)
+    chip_scene(scene.name, label, images, config.out_dir, config.chip, str(scene.folder.resolve()), stamp,
+               config.progress)
+    return True
+
+
+STAGE_RUNNERS: dict[str, Callable[[Scene, PrepConfig], bool]] = {
+    "normalize": run_normalize, "label": run_label, "chip": run_chip,
+}
+
+
+def run_split(scene_names: list[str], config: PrepConfig) -> Path:
+    """Split the chipped scenes and write the dataset index; returns the path of ``dataset.json``."""
+    invalidate_dataset(config.out_dir)
+    stored: list[SceneChips] = []
+    for name in scene_names:
+        chips = read_scene_chips(config.out_dir, name)
+        if chips is None:
+            raise InputError(f"scene {name}: not chipped yet in {config.out_dir} (run stage=chip scene={name})")
+        stored.append(chips)
+    attrs = {
+        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.stride,
+        "min_class_fraction": config.chip.min_class_fraction,
+        "max_nodata_fraction": config.chip.max_nodata_fraction,
+        "bands": list(config.bands), "normalize": asdict(config.normalize), "split": asdict(config.split),
+        "scenes_dir": str(config.scenes_dir.resolve()) if config.scenes_dir else None,
+        "polygons": str(config.polygons.resolve()) if config.polygons else None,
+    }
+    path = write_split_dataset(config.out_dir, stored, config.split, CLASSES, config.array_descriptions(), attrs)
+    log.info("dataset complete: %s", path)
+    return path
+
+
+def _resolve_scene(scene: str, config: PrepConfig) -> Path:
+    """The folder of ``scene``: a subfolder of scenes_dir by that name, or a folder path."""
+    if config.scenes_dir is not None and (config.scenes_dir / scene).is_dir():
+        return config.scenes_dir / scene
+    if Path(scene).is_dir():
+        return Path(scene)
+    where = f"under scenes_dir {config.scenes_dir}" if config.scenes_dir is not None else "(set scenes_dir)"
+    raise InputError(f"scene {scene}: no such scene folder {where}")
+
+
+def _all_scene_folders(config: PrepConfig) -> list[Path]:
+    if config.scenes_dir is None:
+        raise InputError("scenes_dir: not set (scenes_dir=<folder with one subfolder per scene>)")
+    return list_scene_folders(config.scenes_dir)
+
+
+def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) -> Path | None:
+    """Run ``stage`` (one of STAGES) for ``scene`` (a name or folder; None: every scene of scenes_dir).
+
+    ``stage=all`` runs normalize, label and chip on each scene, then split (only when ``scene`` is
+    None). Returns the path of ``dataset.json`` when the split ran.
+    """
+    if stage not in STAGES:
+        raise InputError(f"stage: unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
+    if stage == "split":
+        if scene is not None:
+            raise InputError("stage=split works on all scenes of scenes_dir: drop scene=")
+        return run_split([scene_name(f) for f in _all_scene_folders(config)], config)
+
+    folders = [_resolve_scene(scene, config)] if scene is not None else _all_scene_folders(config)
+    scenes = [find_scene(folder, config.scene_bands) for folder in folders]
+    names = [item.name for item in scenes]
+    if len(set(names)) < len(names):
+        raise InputError(f"scenes_dir {config.scenes_dir}: scene names repeat ({', '.join(sorted(names))})")
+    stages = SCENE_STAGES if stage == "all" else (stage,)
+    if "label" in stages:
+        polygon_file_info(_polygons(config), config.label.layer)
+    for item in scenes:
+        for name in stages:
+            ran = STAGE_RUNNERS[name](item, config)
+            log.info("scene %s: %s %s", item.name, name, "done" if ran else "up to date, skipped")
+    if stage == "all" and scene is None:
+        return run_split([item.name for item in scenes], config)
+    if stage == "all":
+        log.info("scene %s prepared; run stage=split once every scene is", scenes[0].name)
+    return None
+
+
+def _hydra_task(cfg: DictConfig) -> None:
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    prepare(PrepConfig.from_cfg(cfg), stage=str(cfg.stage), scene=None if cfg.scene is None else str(cfg.scene))
+
+
+def main() -> None:
+    """Command-line entry: bad input or config prints one line ``error: ...`` and exits 2."""
+    from apps.core.cli import run_hydra_app
+
+    run_hydra_app(_hydra_task, "prep_burned_area")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic Sentinel-2 scenes with burn polygons, and the chip dataset made from them.
+
+Heavy imports (rasterio, geopandas) happen inside the fixtures, so tests that use none of them
+do not pay for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
+"""Real sample rasters and polygons beside the repository; tests using them skip where it is absent."""
+
+TINY_CHIP = {"size": 64, "overlap": 0.25, "min_class_fraction": 0.1, "max_nodata_fraction": 0.1}
+"""Chip settings for the tiny synthetic scenes (chips of 64 px instead of 256)."""
+
+
+@pytest.fixture(scope="session")
+def synthetic_scenes(tmp_path_factory):
+    """Five synthetic scenes of 200-360 px (B02, B03, B04, B08, TCI) and ``burn_polygons.gpkg`` (EPSG:4326).
+
+    A ``data_prep.synthetic.SyntheticData``: ``scenes_dir`` (one subfolder per scene), ``polygons``,
+    ``scenes`` (names). Read-only: copy it before changing anything.
+    """
+    from data_prep.synthetic import generate_scenes
+
+    return generate_scenes(tmp_path_factory.mktemp("synthetic"), n_scenes=5, size=360, seed=7)
+
+
+@pytest.fixture(scope="session")
+def burned_area_chips(tmp_path_factory, synthetic_scenes) -> Path:
+    """A complete burned-area chip dataset (data_prep.chips layout) prepared from ``synthetic_scenes``
+    with 64 px chips: arrays ``normalized``, ``tci`` (N, 3, 64, 64) and ``mask`` (N, 64, 64). Read-only."""
+    from data_prep.burned_area import PrepConfig, prepare
+    from data_prep.chipping import ChipSettings
+
+    out_dir = tmp_path_factory.mktemp("burned_area_chips")
+    config = PrepConfig(out_dir=out_dir, scenes_dir=synthetic_scenes.scenes_dir, polygons=synthetic_scenes.polygons,
+                        chip=ChipSettings(**TINY_CHIP), progress=False)
+    prepare(config)
+    return out_dir
