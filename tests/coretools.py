@@ -7,10 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-from apps.core.cli import CONF_DIR
-from apps.core.config import register_resolvers
+from apps.core.cli import CONF_DIR  # noqa: F401  (re-exported for tests)
+from apps.core.config import compose_app_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,9 +21,7 @@ TINY_MODEL = [
 
 def compose_config(config_name: str = "burned_area", overrides: list[str] = ()):
     """The composed app config, as the app would see it (without the hydra node)."""
-    register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+    return compose_app_config(config_name, overrides)
 
 
 def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chipgen import make_chip_dataset
+from data_prep.synthetic_chips import make_chip_dataset
 from coretools import REPO, TINY_MODEL, compose_config, run_module
 
 from apps.core.errors import InputError
@@ -155,3 +155,12 @@ def test_local_sweep_and_reproduce(chips, tmp_path):
 def test_reproduce_rejects_a_directory_that_is_not_a_run(tmp_path):
     proc = run_module("apps.reproduce", str(tmp_path), "--evaluate")
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and str(tmp_path) in proc.stderr
+
+
+def test_finished_run_is_copied_to_the_upload_destination(chips, tmp_path):
+    remote = tmp_path / "remote"
+    train(tiny_cfg(chips, "epochs=1", f"upload.to={remote}"), tmp_path / "runs" / "r1")
+    copied = json.loads((remote / "r1" / "metrics.json").read_text())
+    assert copied == json.loads((tmp_path / "runs" / "r1" / "metrics.json").read_text())
+    assert (remote / "r1" / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "runs" / "r1" / "upload.json").read_text())["uploaded_to"].endswith("r1")

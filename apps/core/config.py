@@ -44,3 +44,15 @@ def build(node: Any, **kwargs: Any) -> Any:
         if cause is not None:
             raise cause from None
         raise
+
+
+def compose_app_config(config_name: str, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The composed config of an app (``conf/<config_name>.yaml`` with ``overrides``), as its task
+    function receives it but without the ``hydra`` node: for scripts and tests that drive the core."""
+    from hydra import compose, initialize_config_dir
+
+    from apps.core.cli import CONF_DIR
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides))

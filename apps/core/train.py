@@ -27,6 +27,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     Returns (trainer, checkpoint callback, run clock).
     """
     import pytorch_lightning as pl
+    import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from apps.core.callbacks import RunClock
@@ -45,6 +46,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     logger = build(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
+    # Deterministic mode would also fill every new tensor with NaN (a debugging aid) and slow each
+    # step by a fifth on the CPU; results do not depend on it.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer, checkpoint, clock
 
 

@@ -1,4 +1,5 @@
-"""A small chip dataset made in memory, for tests of the training core (no rasters involved)."""
+"""Chip datasets made directly in memory (no rasters involved), for tests and benchmarks of the
+training core: bright textured chips, each with one dark disc of class 1."""
 
 from __future__ import annotations
 
