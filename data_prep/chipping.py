@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Mapping
 
@@ -68,19 +68,15 @@ class ChipWindows:
 
     row_off: np.ndarray
     col_off: np.ndarray
+    unburned_fraction: np.ndarray
     burned_fraction: np.ndarray
     nodata_fraction: np.ndarray
 
     def __len__(self) -> int:
         return len(self.row_off)
 
-    @property
-    def unburned_fraction(self) -> np.ndarray:
-        return 1.0 - self.burned_fraction - self.nodata_fraction
-
     def subset(self, keep: np.ndarray) -> "ChipWindows":
-        return ChipWindows(self.row_off[keep], self.col_off[keep], self.burned_fraction[keep],
-                           self.nodata_fraction[keep])
+        return ChipWindows(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -106,8 +102,8 @@ def window_offsets(length: int, size: int, stride: int) -> np.ndarray:
 
 
 def scan_windows(mask: np.ndarray, settings: ChipSettings) -> ChipWindows:
-    """All sliding windows over ``mask`` ((H, W) uint8: 0, 1, 255) with their burned and nodata fractions,
-    in row-major order."""
+    """All sliding windows over ``mask`` ((H, W) uint8: 0, 1, 255) with their class and nodata fractions,
+    in row-major order (fractions are counts / window area, so they compare exactly with thresholds)."""
     size = settings.size
     rows = window_offsets(mask.shape[0], size, settings.stride)
     cols = window_offsets(mask.shape[1], size, settings.stride)
@@ -118,9 +114,10 @@ def scan_windows(mask: np.ndarray, settings: ChipSettings) -> ChipWindows:
         for counts, value in ((burned, BURNED), (nodata, IGNORE_INDEX)):
             running = np.concatenate(([0], np.cumsum(np.count_nonzero(strip == value, axis=0))))
             counts[i] = running[cols + size] - running[cols]
-    area = float(size * size)
+    area = size * size
+    unburned = area - burned - nodata
     row_grid, col_grid = np.meshgrid(rows, cols, indexing="ij")
-    return ChipWindows(row_grid.ravel(), col_grid.ravel(), burned.ravel() / area, nodata.ravel() / area)
+    return ChipWindows(row_grid.ravel(), col_grid.ravel(), *(counts.ravel() / area for counts in (unburned, burned, nodata)))
 
 
 def select_windows(windows: ChipWindows, settings: ChipSettings) -> ChipWindows:

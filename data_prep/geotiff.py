@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, ParamSpec, TypeVar
 
 import rasterio
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
@@ -48,6 +49,13 @@ def first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception ``exc`` was raised from: where GDAL says what actually went wrong."""
+    while (exc.__cause__ or exc.__context__) is not None:
+        exc = exc.__cause__ or exc.__context__
+    return exc
+
+
 @contextmanager
 def reading(path: Path, what: str = "raster") -> Iterator[None]:
     """Turn GDAL/rasterio errors raised inside the block into an InputError naming ``path``.
@@ -58,14 +66,19 @@ def reading(path: Path, what: str = "raster") -> Iterator[None]:
     try:
         yield
     except RasterioError as exc:
-        raise InputError(f"{what} {path}: unreadable ({first_line(exc)})") from None
+        raise InputError(f"{what} {path}: unreadable ({first_line(root_cause(exc))})") from None
 
 
 @contextmanager
 def open_raster(path: Path, what: str = "raster") -> Iterator[rasterio.DatasetReader]:
-    """Open ``path`` for reading; errors while opening or reading become one-line InputErrors."""
-    with reading(path, what), rasterio.open(path) as src:
-        yield src
+    """Open a georeferenced raster for reading; errors while opening or reading, and a raster
+    without CRS, become one-line InputErrors naming ``path``."""
+    with reading(path, what), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise InputError(f"{what} {path}: not georeferenced (no CRS)")
+            yield src
 
 
 def in_gdal_env(stage: Callable[P, R]) -> Callable[P, R]:

@@ -49,10 +49,10 @@ STRIP_ROWS = 512
 FULL_TILE_SIZE = 10980
 
 # Mean surface reflectance x10000 in B02, B03, B04, B08 (blue, green, red, near infrared).
-FOREST = np.array([250, 480, 300, 2800], np.float32)
+FOREST = np.array([230, 450, 280, 2700], np.float32)
 MEADOW = np.array([420, 720, 560, 3300], np.float32)
-BURNED = np.array([400, 470, 620, 1250], np.float32)
-WATER = np.array([420, 380, 230, 110], np.float32)
+BURNED = np.array([320, 350, 470, 1100], np.float32)
+WATER = np.array([300, 250, 150, 80], np.float32)
 BARE_SOIL = np.array([820, 1050, 1300, 2100], np.float32)
 SHADOW_GAIN = 0.45
 TCI_FULL_SCALE = 2000.0
@@ -150,7 +150,7 @@ def scene_features(spec: SceneSpec) -> SceneFeatures:
 
     water = unburned_blobs(rng.integers(2, 5) * per_1024, 0.03, 0.08)
     shadow = [random_blob(0.04, 0.09) for _ in range(rng.integers(1, 4) * per_1024)]
-    bare_soil = unburned_blobs(rng.integers(2, 5) * per_1024, 0.02, 0.05)
+    bare_soil = unburned_blobs(rng.integers(3, 7) * per_1024, 0.03, 0.07)
     return SceneFeatures(burned, water, shadow, bare_soil)
 
 
@@ -212,7 +212,7 @@ def scene_reflectance(spec: SceneSpec, features: SceneFeatures, window: Window,
     """Reflectance x10000 of BANDS in a full-width window: (4, rows, width) uint16, 0 = nodata."""
     rows = (window.row_off, window.height)
     rng = np.random.default_rng([spec.seed, 3, window.row_off])
-    meadow = np.clip(0.5 + 0.35 * fields["cover"].rows(*rows), 0, 1)
+    meadow = np.clip(0.5 + 0.6 * fields["cover"].rows(*rows), 0, 1)
     texture = 1 + 0.10 * fields["texture"].rows(*rows) + 0.05 * fields["fine"].rows(*rows)
     severity = np.clip(0.8 + 0.2 * fields["severity"].rows(*rows), 0.45, 1.0)
     burned = _burn(features.burned, window, spec)

@@ -1,0 +1,221 @@
+"""The burned-area prep app end to end: the dataset it writes, resuming, per-scene stages, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from conftest import TINY_CHIP
+from data_prep.burned_area import PrepConfig, prepare
+from data_prep.chips import ChipDataset
+from data_prep.chipping import ChipSettings
+
+CLI_CHIP = [f"chip.{key}={value}" for key, value in TINY_CHIP.items()]
+
+
+def tiny_config(out_dir: Path, scenes_dir: Path, polygons: Path, **changes) -> PrepConfig:
+    return PrepConfig(out_dir=out_dir, scenes_dir=scenes_dir, polygons=polygons,
+                      chip=changes.pop("chip", ChipSettings(**TINY_CHIP)), progress=False, **changes)
+
+
+def copy_scenes(synthetic_scenes, tmp_path: Path, n: int | None = None) -> Path:
+    """A writable copy of the first ``n`` synthetic scenes."""
+    scenes_dir = tmp_path / "scenes"
+    for name in synthetic_scenes.scenes[:n]:
+        shutil.copytree(synthetic_scenes.scenes_dir / name, scenes_dir / name)
+    return scenes_dir
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "data_prep.burned_area", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def manifest_rows(root: Path) -> list[tuple]:
+    return [(r.chip_id, r.split, r.scene, r.col_off, r.row_off, r.transform) for r in ChipDataset(root).records]
+
+
+def test_prepared_dataset_is_complete_and_georeferenced(burned_area_chips, synthetic_scenes):
+    dataset = ChipDataset(burned_area_chips)
+    assert dataset.classes == ["unburned", "burned"] and dataset.ignore_index == 255
+    assert dataset.arrays["normalized"] == {"kind": "image", "channels": 3, "bands": ["B04", "B03", "B02"], "nodata": 0}
+    assert dataset.attrs["chip_size"] == 64 and dataset.attrs["overlap"] == 0.25
+    scene_split = {}
+    for split in ("train", "val", "test"):
+        for record in dataset.split_records(split):
+            assert scene_split.setdefault(record.scene, split) == split      # one split per scene
+    counts = {scene: info["chips"] for scene, info in dataset.index["scenes"].items()}
+    assert max(counts[s] for s, split in scene_split.items() if split == "test") <= \
+        min(counts[s] for s, split in scene_split.items() if split == "train")
+    for scene in counts:
+        normalized, tci, mask = (dataset.open_array(scene, name) for name in ("normalized", "tci", "mask"))
+        assert normalized.shape == tci.shape == (counts[scene], 3, 64, 64) and mask.shape == (counts[scene], 64, 64)
+        assert set(np.unique(mask)) <= {0, 1, 255}
+    # A chip is the window of its source scene that its manifest row names, at the place its transform says.
+    record = dataset.split_records("test")[-1]
+    with rasterio.open(synthetic_scenes.scenes_dir / record.scene / "TCI.tif") as src:
+        window = Window(record.col_off, record.row_off, record.width, record.height)
+        np.testing.assert_array_equal(dataset.open_array(record.scene, "tci")[record.index], src.read(window=window))
+        assert record.transform == tuple(src.window_transform(window))[:6]
+        assert rasterio.crs.CRS.from_wkt(record.crs) == src.crs
+    mask = dataset.open_array(record.scene, "mask")[record.index]
+    assert record.class_fractions["burned"] == pytest.approx(np.mean(mask == 1))
+    assert record.class_fractions["burned"] >= 0.1 and record.class_fractions["unburned"] >= 0.1
+
+
+def test_rerun_skips_finished_work_and_redoes_what_changed(tmp_path, synthetic_scenes):
+    out = tmp_path / "out"
+    config = tiny_config(out, synthetic_scenes.scenes_dir, synthetic_scenes.polygons)
+    prepare(config)
+    outputs = sorted([*out.glob("work/*/*.tif"), *out.glob("scenes/*/chips.json")])
+    before = {p: p.stat().st_mtime_ns for p in outputs}
+    rows = manifest_rows(out)
+    prepare(config)
+    assert {p: p.stat().st_mtime_ns for p in outputs} == before and manifest_rows(out) == rows
+    prepare(tiny_config(out, synthetic_scenes.scenes_dir, synthetic_scenes.polygons,
+                        chip=ChipSettings(**{**TINY_CHIP, "min_class_fraction": 0.2})))
+    assert all(p.stat().st_mtime_ns == before[p] for p in outputs if p.suffix == ".tif")
+    assert all(p.stat().st_mtime_ns != before[p] for p in outputs if p.suffix == ".json")
+    assert min(r.class_fractions["burned"] for r in ChipDataset(out).records) >= 0.2
+
+
+def test_stages_one_scene_at_a_time_give_the_same_dataset(tmp_path, synthetic_scenes, burned_area_chips):
+    config = tiny_config(tmp_path / "out", synthetic_scenes.scenes_dir, synthetic_scenes.polygons)
+    with pytest.raises(InputError, match="label.tif missing \\(run stage=label"):
+        prepare(config, stage="chip", scene="scene_00")
+    for stage in ("normalize", "label", "chip"):
+        for scene in synthetic_scenes.scenes:
+            prepare(config, stage=stage, scene=scene)
+    assert not (tmp_path / "out" / "dataset.json").exists()
+    with pytest.raises(InputError, match="drop scene="):
+        prepare(config, stage="split", scene="scene_00")
+    prepare(config, stage="split")
+    assert manifest_rows(tmp_path / "out") == manifest_rows(burned_area_chips)
+
+
+def test_cli_fans_a_stage_out_over_scenes(tmp_path, synthetic_scenes):
+    out = tmp_path / "out"
+    result = run_cli("-m", "scene=scene_01,scene_03", "stage=normalize", f"scenes_dir={synthetic_scenes.scenes_dir}",
+                     f"out_dir={out}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.parent.name for p in out.glob("work/*/normalized.tif")) == ["scene_01", "scene_03"]
+    assert not list(out.glob("work/*/label.tif"))
+
+
+def test_cli_misspelled_override_is_one_line_exit_2(tmp_path, synthetic_scenes):
+    result = run_cli(f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={tmp_path / 'out'}", "chip.siz=64",
+                     cwd=tmp_path)
+    assert result.returncode == CONFIG_ERROR_EXIT_CODE
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: ") and "chip.siz" in result.stderr
+
+
+def test_cli_truncated_geotiff_is_one_line_exit_2(tmp_path, synthetic_scenes):
+    scenes_dir = copy_scenes(synthetic_scenes, tmp_path)
+    band = scenes_dir / "scene_02" / "B03.tif"
+    band.write_bytes(band.read_bytes()[: band.stat().st_size // 2])
+    out = tmp_path / "out"
+    result = run_cli(f"scenes_dir={scenes_dir}", f"polygons={synthetic_scenes.polygons}", f"out_dir={out}",
+                     *CLI_CHIP, "progress=false", cwd=tmp_path)
+    assert result.returncode == CONFIG_ERROR_EXIT_CODE, result.stderr
+    message = result.stderr.strip()
+    assert "\n" not in message and message.startswith("error: ") and str(band) in message, message
+    assert not (out / "dataset.json").exists()
+    with pytest.raises(InputError, match="incomplete"):
+        ChipDataset(out)
+
+
+def _break_scene_band(scenes_dir: Path, band: str, how: str) -> None:
+    path = scenes_dir / "scene_01" / f"{band}.tif"
+    if how == "delete":
+        path.unlink()
+    elif how == "zero":
+        with rasterio.open(path, "r+") as dst:
+            dst.write(np.zeros((dst.count, dst.height, dst.width), dst.dtypes[0]))
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing band", r"scene folder .*scene_01: band B02 missing"),
+    ("all-nodata raster", r"band .*scene_01/B04.tif: no valid pixels"),
+    ("polygons outside", r"polygons .*far.gpkg: no polygon overlaps the raster"),
+    ("empty polygons", r"polygons .*empty.gpkg: empty"),
+    ("smaller than a chip", r"scene scene_00: raster \d+x\d+ px is smaller than one chip \(512x512 px\)"),
+    ("too few scenes", r"only 2 usable scene\(s\) with chips \(scene_00, scene_01\)"),
+])
+def test_bad_input_stops_with_one_line_and_no_dataset(tmp_path, synthetic_scenes, case, message):
+    scenes_dir = copy_scenes(synthetic_scenes, tmp_path, n=2 if case == "too few scenes" else 3)
+    polygons, chip = synthetic_scenes.polygons, ChipSettings(**TINY_CHIP)
+    if case == "missing band":
+        _break_scene_band(scenes_dir, "B02", "delete")
+    elif case == "all-nodata raster":
+        _break_scene_band(scenes_dir, "B04", "zero")
+    elif case == "polygons outside":
+        polygons = tmp_path / "far.gpkg"
+        gpd.read_file(synthetic_scenes.polygons).translate(xoff=40).to_file(polygons)
+    elif case == "empty polygons":
+        polygons = tmp_path / "empty.gpkg"
+        gpd.read_file(synthetic_scenes.polygons).iloc[:0].to_file(polygons)
+    elif case == "smaller than a chip":
+        chip = ChipSettings(size=512)
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match=message) as err:
+        prepare(tiny_config(out, scenes_dir, polygons, chip=chip))
+    assert "\n" not in str(err.value)
+    assert not (out / "dataset.json").exists()
+
+
+def test_polygons_in_another_crs_give_the_same_labels(tmp_path, synthetic_scenes, burned_area_chips):
+    polygons = tmp_path / "burns_3857.shp"
+    gpd.read_file(synthetic_scenes.polygons).to_crs("EPSG:3857").to_file(polygons)
+    out = tmp_path / "out"
+    prepare(tiny_config(out, synthetic_scenes.scenes_dir, polygons))
+    for scene in synthetic_scenes.scenes:
+        with rasterio.open(out / "work" / scene / "label.tif") as a, \
+                rasterio.open(burned_area_chips / "work" / scene / "label.tif") as b:
+            assert np.mean(a.read(1) != b.read(1)) < 0.002
+
+
+@pytest.mark.slow
+def test_killed_prep_resumes_to_the_complete_dataset(tmp_path):
+    from data_prep.synthetic import generate_scenes
+
+    data = generate_scenes(tmp_path / "input", n_scenes=6, size=700, seed=3)
+    args = [f"scenes_dir={data.scenes_dir}", f"polygons={data.polygons}", *CLI_CHIP, "progress=false"]
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "data_prep.burned_area", *args, f"out_dir={out}"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_scene_done = out / "scenes" / "scene_00" / "chips.json"
+    deadline = time.monotonic() + 120
+    while not first_scene_done.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the prep finished before it could be killed"
+    assert not (out / "dataset.json").exists()
+    with pytest.raises(InputError, match="incomplete"):
+        ChipDataset(out)
+
+    resumed = run_cli(*args, f"out_dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "scene scene_00: chip up to date, skipped" in resumed.stdout
+    reference = tmp_path / "reference"
+    assert run_cli(*args, f"out_dir={reference}", cwd=tmp_path).returncode == 0
+    assert manifest_rows(out) == manifest_rows(reference)
+    dataset, expected = ChipDataset(out), ChipDataset(reference)
+    for scene in dataset.index["scenes"]:
+        for name in ("normalized", "tci", "mask"):
+            np.testing.assert_array_equal(dataset.open_array(scene, name), expected.open_array(scene, name))
+    assert json.loads((out / "dataset.json").read_text())["splits"] == expected.index["splits"]

@@ -1,0 +1,162 @@
+"""Chip stage: windows cover the right/bottom edges, class-fraction filtering, chip contents and georeferencing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from apps.core.errors import InputError
+from conftest import SAMPLES
+from data_prep.chips import IGNORE_INDEX
+from data_prep.chipping import (
+    ChipSettings, chip_scene, read_scene_chips, scan_windows, select_windows, window_offsets,
+)
+
+TRANSFORM = Affine(10, 0, 600_000, 0, -10, 5_000_000)
+
+
+def write(path: Path, data: np.ndarray, nodata=0, transform=TRANSFORM) -> Path:
+    data = data if data.ndim == 3 else data[None]
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
+                       dtype=data.dtype, crs="EPSG:32611", transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.mark.parametrize("length, size, stride, expected", [
+    (256, 256, 192, [0]),
+    (300, 256, 192, [0, 44]),
+    (448, 256, 192, [0, 192]),
+    (500, 256, 192, [0, 192, 244]),
+    (255, 256, 192, []),
+    (10, 4, 3, [0, 3, 6]),
+])
+def test_window_offsets_cover_the_far_edge(length, size, stride, expected):
+    offsets = window_offsets(length, size, stride)
+    assert offsets.tolist() == expected
+    if expected:
+        assert offsets[-1] + size == length                      # last window flush with the edge
+        assert np.all(np.diff(offsets) <= stride)                # no gap between windows
+
+
+def test_stride_from_overlap():
+    assert ChipSettings(size=256, overlap=0.25).stride == 192
+    assert ChipSettings(size=64, overlap=0.0).stride == 64
+    with pytest.raises(InputError, match="chip.overlap"):
+        ChipSettings(overlap=1.0)
+
+
+def test_window_fractions_match_brute_force():
+    rng = np.random.default_rng(3)
+    mask = rng.choice(np.array([0, 1, IGNORE_INDEX], np.uint8), size=(70, 93), p=[0.5, 0.4, 0.1])
+    settings = ChipSettings(size=16, overlap=0.25)
+    windows = scan_windows(mask, settings)
+    assert len(windows) == len(window_offsets(70, 16, 12)) * len(window_offsets(93, 16, 12))
+    for r, c, burned, nodata in zip(windows.row_off, windows.col_off, windows.burned_fraction,
+                                    windows.nodata_fraction):
+        chip = mask[r:r + 16, c:c + 16]
+        assert burned == np.mean(chip == 1) and nodata == np.mean(chip == IGNORE_INDEX)
+    assert windows.row_off.max() == 70 - 16 and windows.col_off.max() == 93 - 16
+
+
+def test_class_fraction_filter():
+    mask = np.zeros((10, 40), np.uint8)                      # four 10x10 windows side by side
+    mask[:, 0:1] = 1                                          # window 0: 10 % burned -> kept
+    mask[:, 10:19] = 1                                        # window 1: 90 % burned -> kept
+    mask[:, 20:30] = 1                                        # window 2: all burned -> dropped
+    mask[:, 30:32] = 1                                        # window 3: 20 % burned,
+    mask[:2, 32:] = IGNORE_INDEX                              #           16 % nodata -> dropped at 0.1
+    settings = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.1, max_nodata_fraction=0.1)
+    kept = select_windows(scan_windows(mask, settings), settings)
+    assert kept.col_off.tolist() == [0, 10]
+    loose = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.1, max_nodata_fraction=0.2)
+    assert select_windows(scan_windows(mask, loose), loose).col_off.tolist() == [0, 10, 30]
+    strict = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.15, max_nodata_fraction=0.2)
+    assert select_windows(scan_windows(mask, strict), strict).col_off.tolist() == [30]
+
+
+@pytest.fixture
+def scene_rasters(tmp_path):
+    """A 100x90 scene: mask with a burned left half, images whose pixel values encode position."""
+    height, width = 90, 100
+    mask = np.zeros((height, width), np.uint8)
+    mask[:, :50] = 1
+    rows, cols = np.mgrid[:height, :width]
+    image = np.stack([rows % 251 + 1, cols % 251 + 1, (rows + cols) % 251 + 1]).astype(np.uint8)
+    return {
+        "label": write(tmp_path / "label.tif", mask, nodata=IGNORE_INDEX),
+        "normalized": write(tmp_path / "normalized.tif", image),
+        "tci": write(tmp_path / "tci.tif", image[::-1].copy()),
+        "mask": mask, "image": image,
+    }
+
+
+def test_chip_scene_stores_windows_of_every_array(tmp_path, scene_rasters):
+    settings = ChipSettings(size=32, overlap=0.25, min_class_fraction=0.1)
+    images = {"normalized": scene_rasters["normalized"], "tci": scene_rasters["tci"]}
+    result = chip_scene("s", scene_rasters["label"], images, tmp_path / "out", settings, source="src",
+                        stamp={"k": 1}, show_progress=False)
+    root = tmp_path / "out"
+    normalized = np.load(root / result.arrays["normalized"], mmap_mode="r")
+    tci = np.load(root / result.arrays["tci"], mmap_mode="r")
+    mask = np.load(root / result.arrays["mask"], mmap_mode="r")
+    assert normalized.shape == tci.shape == (len(result.records), 3, 32, 32) and mask.shape == (len(result.records), 32, 32)
+    assert len(result.records) > 0 and result.windows_total == 4 * 4       # cols 0,24,48,68; rows 0,24,48,58
+    for record in result.records:
+        window = np.s_[record.row_off:record.row_off + 32, record.col_off:record.col_off + 32]
+        np.testing.assert_array_equal(normalized[record.index], scene_rasters["image"][(slice(None), *window)])
+        np.testing.assert_array_equal(tci[record.index], scene_rasters["image"][::-1][(slice(None), *window)])
+        np.testing.assert_array_equal(mask[record.index], scene_rasters["mask"][window])
+        assert record.class_fractions["burned"] == pytest.approx(np.mean(scene_rasters["mask"][window] == 1))
+        assert 0.1 <= record.class_fractions["burned"] <= 0.9
+        assert (record.split, record.source, record.width, record.height) == ("", "src", 32, 32)
+    stored = read_scene_chips(root, "s")
+    assert stored.records == result.records and stored.stamp == {"k": 1}
+
+
+def test_chip_transform_georeferences_the_chip(tmp_path, scene_rasters):
+    result = chip_scene("s", scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
+                        ChipSettings(size=32), show_progress=False)
+    with rasterio.open(scene_rasters["normalized"]) as src:
+        for record in result.records:
+            chip_transform = Affine(*record.transform)
+            assert chip_transform == TRANSFORM @ Affine.translation(record.col_off, record.row_off)
+            # The chip's pixel (5, 7) is the raster's pixel (row_off + 5, col_off + 7), at the same map point.
+            x, y = chip_transform @ (7.5, 5.5)
+            assert src.index(x, y) == (record.row_off + 5, record.col_off + 7)
+            assert rasterio.crs.CRS.from_wkt(record.crs) == src.crs
+            np.testing.assert_array_equal(
+                src.read(window=Window(record.col_off, record.row_off, 32, 32)),
+                np.load(tmp_path / result.arrays["normalized"])[record.index])
+
+
+def test_scene_without_kept_chips_is_stored_empty(tmp_path, scene_rasters):
+    result = chip_scene("s", scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
+                        ChipSettings(size=32, min_class_fraction=0.5), show_progress=False)
+    assert result.records == [] and np.load(tmp_path / result.arrays["mask"]).shape == (0, 32, 32)
+
+
+def test_raster_smaller_than_a_chip(tmp_path, scene_rasters):
+    with pytest.raises(InputError, match=r"scene s: raster 100x90 px is smaller than one chip \(96x96 px\)"):
+        chip_scene("s", scene_rasters["label"], {}, tmp_path / "out", ChipSettings(size=96), show_progress=False)
+    assert not (tmp_path / "out" / "scenes").exists()
+
+
+def test_images_off_the_mask_grid(tmp_path, scene_rasters):
+    shifted = write(tmp_path / "shifted.tif", scene_rasters["image"], transform=TRANSFORM @ Affine.translation(1, 0))
+    with pytest.raises(InputError, match="not on the grid of mask"):
+        chip_scene("s", scene_rasters["label"], {"normalized": shifted}, tmp_path, ChipSettings(size=32),
+                   show_progress=False)
+
+
+def test_real_raster_smaller_than_a_chip(tmp_path):
+    raster = SAMPLES / "raster_vector_pairs" / "eolearn_slovenia_utm33n" / "import-tiff-test1.tiff"
+    if not raster.is_file():
+        pytest.skip("real samples not available")
+    with pytest.raises(InputError, match=r"84x72 px is smaller than one chip \(256x256 px\)"):
+        chip_scene("eolearn", raster, {}, tmp_path, ChipSettings(), show_progress=False)
