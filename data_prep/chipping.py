@@ -18,7 +18,6 @@ from typing import Mapping
 import numpy as np
 import rasterio
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 
 from apps.core.errors import InputError
 from data_prep.chips import IGNORE_INDEX, ChipRecord, scene_array_paths, scene_array_writer
@@ -190,7 +189,7 @@ def chip_scene(
 def _chip_record(scene: str, i: int, kept: ChipWindows, size: int, source: str, crs: str,
                  transform: rasterio.Affine) -> ChipRecord:
     row_off, col_off = int(kept.row_off[i]), int(kept.col_off[i])
-    chip_transform = window_transform(Window(col_off, row_off, size, size), transform)
+    chip_transform = transform @ rasterio.Affine.translation(col_off, row_off)
     fractions = {CLASSES[UNBURNED]: float(kept.unburned_fraction[i]), CLASSES[BURNED]: float(kept.burned_fraction[i])}
     return ChipRecord(
         chip_id=f"{scene}_{i:05d}", split="", scene=scene, index=i, source=source,

@@ -114,8 +114,8 @@ def label_raster(
         )
         if not mask.any():
             raise InputError(
-                f"polygons {polygons_path}: no polygon covers a pixel of raster {reference_path} "
-                f"({len(geoms)} overlap its bounds but fall between pixel centres)"
+                f"polygons {polygons_path}: no polygon covers a pixel centre of raster {reference_path} "
+                f"({len(geoms)} lie near it; label.all_touched=true also burns partly covered pixels)"
             )
         nodata = src.nodata if src.nodata is not None else 0
         for window in progress(list(strip_windows(src.width, src.height, gtiff.strip_rows)),

@@ -29,10 +29,9 @@ import numpy as np
 import pandas as pd
 import rasterio
 from omegaconf import DictConfig
+from rasterio import Affine
 from rasterio.features import rasterize
-from rasterio.transform import from_origin
 from rasterio.windows import Window
-from rasterio.windows import transform as window_transform
 from shapely.geometry import Polygon, box
 from shapely.ops import unary_union
 
@@ -74,8 +73,8 @@ class SceneSpec:
     seed: int
 
     @property
-    def transform(self) -> rasterio.Affine:
-        return from_origin(self.west, self.north, PIXEL_SIZE_M, PIXEL_SIZE_M)
+    def transform(self) -> Affine:
+        return Affine(PIXEL_SIZE_M, 0, self.west, 0, -PIXEL_SIZE_M, self.north)
 
 
 @dataclass(frozen=True)
@@ -198,13 +197,12 @@ def _swath_nodata(spec: SceneSpec, window: Window) -> np.ndarray | None:
 
 def _burn(polygons: list[Polygon], window: Window, spec: SceneSpec) -> np.ndarray:
     """(rows, width) bool: pixels of the window whose centre lies in one of ``polygons``."""
-    bounds = rasterio.windows.bounds(window, spec.transform)
-    strip = box(*bounds)
+    transform = spec.transform @ Affine.translation(window.col_off, window.row_off)
+    strip = box(*rasterio.transform.array_bounds(window.height, window.width, transform))
     shapes = [(p, 1) for p in polygons if p.intersects(strip)]
     if not shapes:
         return np.zeros((window.height, window.width), dtype=bool)
-    return rasterize(shapes, out_shape=(window.height, window.width),
-                     transform=window_transform(window, spec.transform), dtype=np.uint8).astype(bool)
+    return rasterize(shapes, out_shape=(window.height, window.width), transform=transform, dtype=np.uint8).astype(bool)
 
 
 def scene_reflectance(spec: SceneSpec, features: SceneFeatures, window: Window,

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
+from rasterio import Affine
 from rasterio.windows import Window
 
 from apps.core.errors import InputError

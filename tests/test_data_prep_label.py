@@ -8,7 +8,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from affine import Affine
+from rasterio import Affine
 from shapely.geometry import LineString, Point, box
 
 from apps.core.errors import InputError

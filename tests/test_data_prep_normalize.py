@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio import Affine
 
 from apps.core.errors import InputError
 from conftest import SAMPLES
@@ -16,7 +16,7 @@ from data_prep.normalize import (
     NormalizeSettings, band_histogram, histogram_percentiles, normalize_bands, stretch_lut,
 )
 
-TRANSFORM = from_origin(500_000, 5_600_000, 10, 10)
+TRANSFORM = Affine(10, 0, 500_000, 0, -10, 5_600_000)
 
 
 def write_band(path: Path, data: np.ndarray, nodata: float | None = 0, transform=TRANSFORM) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from rasterio.transform import from_origin
+from rasterio import Affine
 
 from apps.core.errors import InputError
 from data_prep.scenes import find_scene, list_scene_folders, scene_name
@@ -20,7 +20,7 @@ def write_raster(path: Path, width: int = 24, height: int = 20, pixel: float = 1
     path.parent.mkdir(parents=True, exist_ok=True)
     dtype = "uint8" if count == 3 else "uint16"
     with rasterio.open(path, "w", driver=driver, width=width, height=height, count=count, dtype=dtype, crs=crs,
-                       transform=from_origin(199_980, 2_800_020, pixel, pixel), nodata=0) as dst:
+                       transform=Affine(pixel, 0, 199_980, 0, -pixel, 2_800_020), nodata=0) as dst:
         dst.write(np.ones((count, height, width), dtype))
     return path
 
