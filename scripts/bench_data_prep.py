@@ -67,7 +67,7 @@ def read_once(paths: list[Path], strip_rows: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1].strip())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=10980, help="tile side, px")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--input-compress", default="deflate", help="compression of the generated band files, or none")

@@ -219,3 +219,16 @@ def test_killed_prep_resumes_to_the_complete_dataset(tmp_path):
         for name in ("normalized", "tci", "mask"):
             np.testing.assert_array_equal(dataset.open_array(scene, name), expected.open_array(scene, name))
     assert json.loads((out / "dataset.json").read_text())["splits"] == expected.index["splits"]
+
+
+@pytest.mark.slow
+def test_benchmark_script_reports_its_figures(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_data_prep.py"
+    result = subprocess.run([sys.executable, str(script), "--size", "700", "--work-dir", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["stages_s"]) == {"normalize", "label", "chip"}
+    assert report["windows"] == 16 and 0 < report["peak_rss_mb"] < report["targets"]["peak_rss_mb"]
+    assert set(report["met"]) == {"time", "memory"}
+    assert list(tmp_path.iterdir()) == []                      # the generated tile is removed
