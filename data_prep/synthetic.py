@@ -33,7 +33,6 @@ from rasterio import Affine
 from rasterio.features import rasterize
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box
-from shapely.ops import unary_union
 
 from apps.core.errors import InputError
 from data_prep.geotiff import atomic_output, progress, strip_windows

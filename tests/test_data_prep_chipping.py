@@ -11,7 +11,7 @@ from rasterio import Affine
 from rasterio.windows import Window
 
 from apps.core.errors import InputError
-from conftest import SAMPLES
+from conftest import SAMPLES, write_geotiff
 from data_prep.chips import IGNORE_INDEX
 from data_prep.chipping import (
     ChipSettings, chip_scene, read_scene_chips, scan_windows, select_windows, window_offsets,
@@ -21,11 +21,7 @@ TRANSFORM = Affine(10, 0, 600_000, 0, -10, 5_000_000)
 
 
 def write(path: Path, data: np.ndarray, nodata=0, transform=TRANSFORM) -> Path:
-    data = data if data.ndim == 3 else data[None]
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32611", transform=transform, nodata=nodata) as dst:
-        dst.write(data)
-    return path
+    return write_geotiff(path, data, transform, crs="EPSG:32611", nodata=nodata)
 
 
 @pytest.mark.parametrize("length, size, stride, expected", [

@@ -12,7 +12,7 @@ from rasterio import Affine
 from shapely.geometry import LineString, Point, box
 
 from apps.core.errors import InputError
-from conftest import SAMPLES
+from conftest import SAMPLES, write_geotiff
 from data_prep.chips import IGNORE_INDEX
 from data_prep.label import LabelSettings, label_raster, read_polygons
 
@@ -25,10 +25,7 @@ def write_reference(path: Path, width: int = 100, height: int = 80, nodata_rows:
     """A 3-band uint8 raster like normalized.tif: valid 1..255, first ``nodata_rows`` rows nodata."""
     data = np.full((3, height, width), 100, np.uint8)
     data[:, :nodata_rows] = 0
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8", crs=UTM,
-                       transform=TRANSFORM, nodata=0) as dst:
-        dst.write(data)
-    return path
+    return write_geotiff(path, data, TRANSFORM, crs=UTM)
 
 
 def write_polygons(path: Path, geoms, crs=UTM, driver: str | None = None) -> Path:

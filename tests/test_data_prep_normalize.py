@@ -10,7 +10,7 @@ import rasterio
 from rasterio import Affine
 
 from apps.core.errors import InputError
-from conftest import SAMPLES
+from conftest import SAMPLES, write_geotiff
 from data_prep.geotiff import GeoTiffSettings
 from data_prep.normalize import (
     NormalizeSettings, band_histogram, histogram_percentiles, normalize_bands, stretch_lut,
@@ -19,13 +19,9 @@ from data_prep.normalize import (
 TRANSFORM = Affine(10, 0, 500_000, 0, -10, 5_600_000)
 
 
-def write_band(path: Path, data: np.ndarray, nodata: float | None = 0, transform=TRANSFORM) -> Path:
-    """A single-band tiled GeoTIFF in EPSG:32610 holding ``data`` (H, W)."""
-    with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs="EPSG:32610", transform=transform, nodata=nodata,
-                       tiled=True, blockxsize=16, blockysize=16) as dst:
-        dst.write(data, 1)
-    return path
+def write_band(path: Path, data: np.ndarray, nodata: float | None = 0) -> Path:
+    """A single-band GeoTIFF in EPSG:32610 holding ``data`` (H, W), tiled in 16 px blocks."""
+    return write_geotiff(path, data, TRANSFORM, nodata=nodata, block=16)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 999])

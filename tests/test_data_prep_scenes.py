@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from rasterio import Affine
 
 from apps.core.errors import InputError
+from conftest import write_geotiff
 from data_prep.scenes import find_scene, list_scene_folders, scene_name
 
 RGB = ("B04", "B03", "B02")
@@ -17,12 +17,8 @@ RGB = ("B04", "B03", "B02")
 
 def write_raster(path: Path, width: int = 24, height: int = 20, pixel: float = 10.0, crs: str = "EPSG:32629",
                  count: int = 1, driver: str = "GTiff") -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = "uint8" if count == 3 else "uint16"
-    with rasterio.open(path, "w", driver=driver, width=width, height=height, count=count, dtype=dtype, crs=crs,
-                       transform=Affine(pixel, 0, 199_980, 0, -pixel, 2_800_020), nodata=0) as dst:
-        dst.write(np.ones((count, height, width), dtype))
-    return path
+    data = np.ones((count, height, width), "uint8" if count == 3 else "uint16")
+    return write_geotiff(path, data, Affine(pixel, 0, 199_980, 0, -pixel, 2_800_020), crs=crs, driver=driver)
 
 
 def test_plain_band_files_with_tile_prefix(tmp_path):
