@@ -13,5 +13,5 @@ $python -m data_prep.synthetic out_dir=data/synthetic n_scenes=6 size=1024 seed=
 $python -m data_prep.burned_area scenes_dir=data/synthetic/scenes polygons=data/synthetic/burn_polygons.gpkg \
   out_dir=data/chips/burned_area_synthetic progress=false
 $python -m apps.burned_area -m model=unet model.encoder=resnet18 init=random epochs=8 lr=1e-3,1e-4 \
-  trainer.enable_progress_bar=false "hydra.sweep.dir=$sweep_dir" "$@"
+  trainer.enable_progress_bar=false trainer.log_every_n_steps=1 "hydra.sweep.dir=$sweep_dir" "$@"
 $python -m apps.report "$sweep_dir" --metrics test/iou,test/f1,test/precision,test/recall --plot

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     callbacks = [checkpoint, clock, *(build(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
     logger = build(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    # Lightning's own use of a torch API that torch now deprecates; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
     # Deterministic mode would also fill every new tensor with NaN (a debugging aid) and slow each
     # step by a fifth on the CPU; results do not depend on it.
