@@ -52,7 +52,7 @@ def test_run_directory_contract(chips, tmp_path):
 def test_same_seed_same_metrics(chips, tmp_path):
     first = train(tiny_cfg(chips, "seed=7"), tmp_path / "a")
     second = train(tiny_cfg(chips, "seed=7"), tmp_path / "b")
-    other = train(tiny_cfg(chips, "seed=8"), tmp_path / "c")
+    train(tiny_cfg(chips, "seed=8"), tmp_path / "c")
     a, b, c = (json.loads((tmp_path / d / "metrics.json").read_text())["metrics"] for d in "abc")
     assert first == second and a == b
     assert a != c

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
-import torch
 
 
 class RunClock(pl.Callback):

@@ -13,15 +13,11 @@ import conf
 CONF_DIR = str(Path(conf.__file__).resolve().parent)
 
 
-def _one_line(message: Any) -> str:
-    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
-
-
 def exit_with_error(message: Any) -> NoReturn:
     """Print ``error: <message>`` as one line on stderr and exit with CONFIG_ERROR_EXIT_CODE."""
-    from apps.core.errors import CONFIG_ERROR_EXIT_CODE
+    from apps.core.errors import CONFIG_ERROR_EXIT_CODE, one_line
 
-    print(f"error: {_one_line(message)}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(CONFIG_ERROR_EXIT_CODE)
 
 

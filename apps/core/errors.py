@@ -11,3 +11,8 @@ class InputError(Exception):
     The message names the input and the problem in one line; the command exits with
     CONFIG_ERROR_EXIT_CODE without a traceback.
     """
+
+
+def one_line(message: object) -> str:
+    """``message`` as text on one line: its non-empty lines, stripped and joined by spaces."""
+    return " ".join(line.strip() for line in str(message).splitlines() if line.strip())

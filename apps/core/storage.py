@@ -6,7 +6,7 @@ import fnmatch
 import os
 from pathlib import Path
 
-from apps.core.errors import InputError
+from apps.core.errors import InputError, one_line
 from apps.core.runinfo import METRICS_FILE
 
 #: Names of files being written atomically (``.metrics.json.tmp-1234``): never uploaded.
@@ -64,7 +64,7 @@ def upload_run_dir(
             if batch:
                 filesystem.put([str(path) for path in batch], [remote_path[path] for path in batch])
     except Exception as error:  # noqa: BLE001 - every fsspec backend raises its own types
-        raise InputError(f"cannot upload {run_dir} to {url}: {_one_line(error)}") from error
+        raise InputError(f"cannot upload {run_dir} to {url}: {type(error).__name__}: {one_line(error)}") from error
     return url
 
 
@@ -86,9 +86,3 @@ def _files_to_upload(run_dir: Path) -> list[Path]:
         for file_name in file_names
         if not fnmatch.fnmatch(file_name, TEMPORARY_FILE_PATTERN)
     ]
-
-
-def _one_line(error: Exception) -> str:
-    """The error's type and message on one line."""
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
