@@ -237,7 +237,7 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike | None = None) -> Pa
     for axis in axes[len(report.hyperparameters):]:
         axis.set_visible(False)
     axes[0].legend(fontsize="small")
-    figure.suptitle(f"{metric}: {len(done)} completed runs of {report.sweep_dir.name}")
+    figure.suptitle(f"{metric}: {len(done)} completed runs\n{report.sweep_dir.name}", fontsize="medium")
 
     default_name = f"{metric.replace('/', '_')}_by_hyperparameter.png"
     path = Path(path) if path else report.sweep_dir / default_name
