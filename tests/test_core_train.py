@@ -164,3 +164,12 @@ def test_finished_run_is_copied_to_the_upload_destination(chips, tmp_path):
     assert copied == json.loads((tmp_path / "runs" / "r1" / "metrics.json").read_text())
     assert (remote / "r1" / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "runs" / "r1" / "upload.json").read_text())["uploaded_to"].endswith("r1")
+
+
+def test_cli_prints_its_result_line(chips, tmp_path):
+    proc = run_module("apps.burned_area", *TINY_MODEL, f"data.root={chips}", "epochs=1", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    marker, payload = proc.stdout.strip().splitlines()[-1].split(" ", 1)
+    assert marker == "geoscale-result:"
+    saved = json.loads((tmp_path / "metrics.json").read_text())["objective"]
+    assert json.loads(payload) == {"objective": "test/iou", "value": saved["value"]}

@@ -144,8 +144,18 @@ def _upload(cfg: DictConfig, run_dir: Path) -> None:
     log.info("copied %s to %s", run_dir, url)
 
 
+RESULT_MARKER = "geoscale-result:"
+"""Prefix of the stdout line that carries a run's result, read back by launchers from pod logs."""
+
+
 def hydra_task(cfg: DictConfig) -> float:
-    """The Hydra task function of every training app: train into Hydra's output directory."""
+    """The Hydra task function of every training app: train into Hydra's output directory.
+
+    Also prints ``geoscale-result: {"objective": ..., "value": ...}`` as the last line, so a launcher
+    that sees only the process's output (a pod log) gets the value that a local sweeper gets.
+    """
     from hydra.core.hydra_config import HydraConfig
 
-    return train(cfg, HydraConfig.get().runtime.output_dir)
+    value = train(cfg, HydraConfig.get().runtime.output_dir)
+    print(f"{RESULT_MARKER} {json.dumps({'objective': str(cfg.objective), 'value': value})}", flush=True)
+    return value
