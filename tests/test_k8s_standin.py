@@ -203,11 +203,11 @@ EVICTABLE = "import os, time; first = not os.path.exists('started'); open('start
 """Sleeps a minute on its first run (in the pod's working directory), ends at once on later ones."""
 
 
-def test_evicted_pod_is_retried_under_an_ignore_rule(apis, standin):
+def test_evicted_pod_is_retried_under_an_ignore_rule(apis, standin, tmp_path):
     batch, core = apis
-    batch.create_namespaced_job(NS, make_job("ev", EVICTABLE,
-                                             backoff_limit=0, pod_failure_policy=fail_job_on(2)))
-    first = wait_until(lambda: [p for p in pods_of(core, "ev") if p.status.phase == "Running"], what="a running pod")
+    batch.create_namespaced_job(NS, make_job("ev", EVICTABLE, backoff_limit=0, pod_failure_policy=fail_job_on(2)))
+    wait_until(lambda: (tmp_path / "started").exists(), what="the first pod to start")
+    first = pods_of(core, "ev")
     standin.evict(first[0].metadata.name)
     condition = wait_for_condition(batch, "ev")
     assert condition.type == "Complete"

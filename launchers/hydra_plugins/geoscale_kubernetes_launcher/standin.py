@@ -12,8 +12,6 @@ container as a local process and reports Complete or Failed the way Kubernetes 1
 The launcher never imports this module.
 """
 
-from __future__ import annotations
-
 import copy
 import json
 import os
@@ -150,7 +148,8 @@ class KubeStandIn:
         self.result = result
         self.retry_delay_s = retry_delay_s
         self.faults = Faults()
-        self.request_counts: Counter = Counter()
+        self.request_counts: Counter = Counter()  # by verb: create, get, list, watch, delete, deletecollection, log
+        self.outcomes: Counter = Counter()  # Jobs finished, by final condition: Complete, Failed
         self._lock = threading.Condition()
         self._objects: dict[str, dict[tuple[str, str], dict]] = {resource: {} for resource in KINDS}
         self._logs: dict[tuple[str, str], list[bytes]] = {}
@@ -327,7 +326,7 @@ class KubeStandIn:
                 raise ApiError(404, "NotFound", f'{resource}{"." + group if group else ""} "{name}" not found')
             return copy.deepcopy(obj)
 
-    def list(self, resource: str, namespace: str | None, selector: str) -> dict:
+    def list_objects(self, resource: str, namespace: str | None, selector: str) -> dict:
         requirements = parse_label_selector(selector)
         kind, api_version = KINDS[resource]
         with self._lock:
@@ -584,6 +583,7 @@ class KubeStandIn:
             if run.finished.is_set():
                 return
             run.finished.set()
+            self.outcomes[outcome] += 1
             processes = list(run.processes.values())
         for process in processes:
             kill_process_group(process)
@@ -636,6 +636,7 @@ class StandInHandler(BaseHTTPRequestHandler):
 
     standin: KubeStandIn
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
 
     def log_message(self, *args) -> None:
         """Quiet: tests read the request counts instead."""
@@ -682,7 +683,7 @@ class StandInHandler(BaseHTTPRequestHandler):
             elif verb == "log":
                 self._send_log(namespace, name, query.get("tailLines"))
             elif verb == "list":
-                self._send_json(200, standin.list(resource, namespace, query.get("labelSelector", "")))
+                self._send_json(200, standin.list_objects(resource, namespace, query.get("labelSelector", "")))
             elif verb == "watch":
                 self._stream_watch(resource, namespace, query)
             elif verb == "delete":
@@ -753,7 +754,7 @@ class StandInHandler(BaseHTTPRequestHandler):
 
     def _delete_collection(self, resource: str, namespace: str, query: dict, options: dict) -> None:
         propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
-        listed = self.standin.list(resource, namespace, query.get("labelSelector", ""))
+        listed = self.standin.list_objects(resource, namespace, query.get("labelSelector", ""))
         for obj in listed["items"]:
             try:
                 self.standin.delete(resource, namespace, obj["metadata"]["name"], propagation)

@@ -1,0 +1,130 @@
+"""Launcher overhead: the study's burned-area grid (144 Jobs) submitted to the Kubernetes API stand-in.
+
+Pods are instant (they succeed at once with a canned result line), so the time measured is the
+launcher's own: the whole ``python -m apps.burned_area -m experiment=burned_area_grid
+hydra/launcher=kubernetes ...`` command, nothing subtracted (target <= 10 s), and the API requests
+it makes per Job, by verb. The baseline is the same number of Jobs created and followed directly
+with the official client in this process (sequential creates, one watch, one log read per Job),
+and the app's bare start-up time (``--help``). Prints JSON.
+
+    python scripts/bench_launcher.py [--points 144] [--max-in-flight N] [--baseline-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kubernetes import client, watch
+
+from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+
+REPO = Path(__file__).resolve().parents[1]
+NAMESPACE = "default"
+GRID_POINTS = 144
+SWEEP_TIMEOUT_S = 600
+
+
+def canned_result(job: dict) -> dict:
+    """A stable fake test IoU per Job, so results can be told apart."""
+    digest = hashlib.sha1(job["metadata"]["name"].encode()).digest()
+    return {"objective": "test/iou", "value": round(digest[0] / 255, 4)}
+
+
+def per_job(counts: dict, jobs: int) -> dict[str, float]:
+    return {verb: round(n / jobs, 3) for verb, n in sorted(counts.items())}
+
+
+def direct_client_baseline(server: KubeStandIn, points: int) -> dict:
+    """Create ``points`` Jobs one by one with the official client, follow them by one watch, read each log."""
+    configuration = client.Configuration(host=server.url)
+    configuration.verify_ssl = False
+    api_client = client.ApiClient(configuration)
+    batch, core = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
+    labels = {"bench": "direct"}
+    before = dict(server.request_counts)
+    began = time.perf_counter()
+    start_version = batch.list_namespaced_job(NAMESPACE, label_selector="bench=direct").metadata.resource_version
+    for num in range(points):
+        container = client.V1Container(name="main", image="geoscale:bench", command=["python", "-m", "apps.burned_area"],
+                                       args=[f"lr={num}", f"hydra.run.dir=/out/{num}"])
+        batch.create_namespaced_job(NAMESPACE, client.V1Job(
+            metadata=client.V1ObjectMeta(name=f"direct-{num}", labels=labels),
+            spec=client.V1JobSpec(backoff_limit=0, template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels=labels),
+                spec=client.V1PodSpec(restart_policy="Never", containers=[container])))))
+    finished: set[str] = set()
+    stream = watch.Watch()
+    for event in stream.stream(batch.list_namespaced_job, NAMESPACE, label_selector="bench=direct",
+                               resource_version=start_version, timeout_seconds=SWEEP_TIMEOUT_S):
+        job = event["object"]
+        if any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or []):
+            finished.add(job.metadata.name)
+        if len(finished) == points:
+            stream.stop()
+    results = []
+    for pod in core.list_namespaced_pod(NAMESPACE, label_selector="bench=direct").items:
+        log = core.read_namespaced_pod_log(pod.metadata.name, NAMESPACE, _preload_content=False).data.decode()
+        results.append(json.loads(log.strip().splitlines()[-1].split(" ", 1)[1]))
+    wall = time.perf_counter() - began
+    api_client.close()
+    counts = {verb: n - before.get(verb, 0) for verb, n in server.request_counts.items() if n - before.get(verb, 0)}
+    return {"jobs": points, "finished": len(finished), "results": len(results), "wall_s": round(wall, 3),
+            "requests_per_job": per_job(counts, points), "requests_total": sum(counts.values())}
+
+
+def app_startup_s() -> float:
+    """Wall time of ``python -m apps.burned_area --help``: interpreter, imports and Hydra, no sweep."""
+    began = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "apps.burned_area", "--help"], cwd=REPO, capture_output=True, check=True,
+                   timeout=120)
+    return round(time.perf_counter() - began, 3)
+
+
+def launcher_sweep(server: KubeStandIn, sweep_dir: Path, max_in_flight: int | None) -> dict:
+    """Run the grid through ``hydra/launcher=kubernetes`` against the stand-in; wall time and requests per Job."""
+    command = [sys.executable, "-m", "apps.burned_area", "-m", "experiment=burned_area_grid", "hydra/launcher=kubernetes",
+               f"hydra.launcher.api_server={server.url}", "hydra.launcher.verify_ssl=false",
+               f"hydra.launcher.namespace={NAMESPACE}", f"hydra.launcher.sweep_timeout_s={SWEEP_TIMEOUT_S}",
+               f"hydra.sweep.dir={sweep_dir}"]
+    if max_in_flight is not None:
+        command.append(f"hydra.launcher.max_in_flight={max_in_flight}")
+    before, outcomes_before = dict(server.request_counts), dict(server.outcomes)
+    began = time.perf_counter()
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S + 60)
+    wall = time.perf_counter() - began
+    counts = {verb: n - before.get(verb, 0) for verb, n in server.request_counts.items() if n - before.get(verb, 0)}
+    jobs = counts.get("create", 0)
+    report = {"exit_code": proc.returncode, "jobs_created": jobs,
+              "jobs_complete": server.outcomes["Complete"] - outcomes_before.get("Complete", 0),
+              "launcher_overhead_s": round(wall, 3), "target_s": 10.0,
+              "requests_per_job": per_job(counts, max(1, jobs)), "requests_total": sum(counts.values())}
+    if proc.returncode != 0:
+        report["stderr_tail"] = proc.stderr.strip().splitlines()[-5:]
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--points", type=int, default=GRID_POINTS, help="Jobs in the direct-client baseline")
+    parser.add_argument("--max-in-flight", type=int, default=None, help="hydra.launcher.max_in_flight (default: the launcher's)")
+    parser.add_argument("--baseline-only", action="store_true", help="measure the stand-in with the official client only")
+    args = parser.parse_args()
+    report: dict = {}
+    with tempfile.TemporaryDirectory() as workdir, KubeStandIn(workdir=workdir, instant_pods=True,
+                                                               result=canned_result) as server:
+        report["baseline_direct_client"] = direct_client_baseline(server, args.points)
+        if not args.baseline_only:
+            report["app_startup_s"] = app_startup_s()
+            report["launcher"] = launcher_sweep(server, Path(workdir) / "sweep", args.max_in_flight)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
