@@ -1,0 +1,262 @@
+"""Submitting a sweep's Jobs to a Kubernetes API server and following them to the end.
+
+Uses only the official client's plain calls: create/list/watch/delete of Jobs (and Services for
+multi-node points), list of pods and their logs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from hydra.errors import HydraException
+from kubernetes import client, watch
+from kubernetes.client.rest import ApiException
+from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
+from urllib3.exceptions import HTTPError as TransportError
+
+from apps.core.errors import InputError, one_line
+from apps.core.train import RESULT_MARKER
+
+from .manifests import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME, JOB_LABEL, SWEEP_LABEL
+from ._progress import ProgressView
+
+if TYPE_CHECKING:
+    from .launcher import SweepPoint
+
+TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+POD_LOG = "pod.log"
+
+
+class ClusterUnreachable(InputError, HydraException):
+    """The API server cannot be reached: reported as one line by the app's CLI."""
+
+
+@dataclass
+class Outcome:
+    """How a point ended: its return value when it completed, the reason when not."""
+
+    completed: bool
+    value: Any = None
+    reason: str = ""
+
+
+def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
+    """An API client for ``api_server`` (no auth), else the kubeconfig, else the in-cluster account."""
+    configuration = client.Configuration()
+    if settings["api_server"]:
+        configuration.host = settings["api_server"]
+    else:
+        try:
+            load_kube_config(config_file=settings["kube_config"], context=settings["kube_context"],
+                             client_configuration=configuration)
+        except (ConfigException, OSError) as kube_config_error:
+            try:
+                load_incluster_config(client_configuration=configuration)
+            except ConfigException:
+                raise InputError(f"no Kubernetes cluster configured: {one_line(kube_config_error)} "
+                                 "(set hydra.launcher.kube_config or hydra.launcher.api_server)") from None
+    configuration.verify_ssl = settings["verify_ssl"] and configuration.verify_ssl
+    return client.ApiClient(configuration)
+
+
+def result_value(log: str) -> Any:
+    """The value of the last ``geoscale-result:`` line of a pod log, or None."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER):])["value"]
+    return None
+
+
+class SweepRun:
+    """Submits the points' Jobs, at most ``max_in_flight`` at a time, and follows them by watch."""
+
+    def __init__(self, settings: dict[str, Any], sweep: str, points: list[SweepPoint], progress: ProgressView) -> None:
+        self.settings, self.points, self.progress = settings, points, progress
+        self.namespace = settings["namespace"]
+        self.selector = f"{SWEEP_LABEL}={sweep}"
+        self.api = make_api_client(settings)
+        self.host = self.api.configuration.host
+        self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
+        self.created: dict[str, SweepPoint] = {}
+        self.active: dict[str, SweepPoint] = {}
+        self.pending: deque[SweepPoint] = deque(points)
+        self.outcomes: dict[int, Outcome] = {}
+        self.reached = False
+
+    def run(self) -> dict[int, Outcome]:
+        """Every point's outcome, by job number. Ctrl-C deletes every Job created and re-raises."""
+        timeout = self.settings["sweep_timeout_s"]
+        deadline = time.monotonic() + timeout if timeout else None
+        try:
+            self._refill()
+            while self.active:
+                self._follow(deadline)
+                if deadline is not None and time.monotonic() >= deadline and self.active:
+                    self._time_out(timeout)
+        except KeyboardInterrupt:
+            self.delete_all()
+            raise
+        finally:
+            self._delete_services()
+            self.api.close()
+        return self.outcomes
+
+    def _call(self, function: Callable, *args: Any, retry_of: str | None = None, **kwargs: Any) -> Any:
+        """``function(*args, **kwargs)``, retrying 429, 5xx and connection errors with exponential backoff."""
+        for attempt in range(self.settings["api_retries"] + 1):
+            try:
+                result = function(*args, **kwargs)
+                self.reached = True
+                return result
+            except ApiException as error:
+                self.reached = True
+                if error.status not in TRANSIENT_STATUS or attempt == self.settings["api_retries"]:
+                    raise
+            except (TransportError, ConnectionError) as error:
+                if attempt == self.settings["api_retries"]:
+                    if not self.reached:
+                        raise ClusterUnreachable(f"cannot reach the Kubernetes API server at {self.host}: "
+                                                 f"{one_line(error)}") from None
+                    raise
+            if retry_of:
+                self.progress.add_retry(retry_of)
+            time.sleep(self.settings["api_backoff_s"] * 2**attempt)
+
+    def _refill(self) -> None:
+        while self.pending and len(self.active) < self.settings["max_in_flight"]:
+            point = self.pending.popleft()
+            for manifest in point.manifests:
+                create = (self.batch.create_namespaced_job if manifest["kind"] == "Job"
+                          else self.core.create_namespaced_service)
+                try:
+                    self._call(create, self.namespace, manifest, retry_of=point.name)
+                except ApiException as error:
+                    if error.status != 409:  # 409: already there, from an earlier attempt of this create
+                        raise
+            self.created[point.name] = self.active[point.name] = point
+            self.progress.update(point.name, "Submitted")
+
+    def _follow(self, deadline: float | None) -> None:
+        """List the sweep's Jobs, then watch them until the watch times out, breaks or all are done."""
+        listed = self._call(self.batch.list_namespaced_job, self.namespace, label_selector=self.selector)
+        for job in listed.items:
+            self._observe(job)
+        if not self.active:
+            return
+        timeout = self.settings["watch_timeout_s"]
+        if deadline is not None:
+            timeout = max(1, min(timeout, int(deadline - time.monotonic()) + 1))
+        stream = watch.Watch()
+        try:
+            for event in stream.stream(self.batch.list_namespaced_job, self.namespace, label_selector=self.selector,
+                                       resource_version=listed.metadata.resource_version, timeout_seconds=timeout):
+                self._observe(event["object"])
+                if not self.active or (deadline is not None and time.monotonic() >= deadline):
+                    stream.stop()
+        except ApiException as error:  # 410 Gone and transient errors: re-list for a fresh resourceVersion
+            if error.status != 410 and error.status not in TRANSIENT_STATUS:
+                raise
+        except (TransportError, ConnectionError):
+            pass
+
+    def _observe(self, job: client.V1Job) -> None:
+        point = self.active.get(job.metadata.name)
+        if point is None:
+            return
+        status = job.status or client.V1JobStatus()
+        conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}
+        retries = status.failed or 0
+        if "Complete" in conditions:
+            outcome = self._completed(point)
+        elif "Failed" in conditions:
+            outcome = self._failed(point, conditions["Failed"])
+        else:
+            running = bool(status.active)
+            node = self.progress.rows[point.name].node or (self._node_of(point) if running else "")
+            self.progress.update(point.name, "Running" if running else "Pending", node, retries)
+            return
+        del self.active[point.name]
+        self.outcomes[point.num] = outcome
+        self.progress.update(point.name, "Complete" if outcome.completed else "Failed", retries=retries)
+        self._refill()
+
+    def _pods(self, point: SweepPoint) -> list[client.V1Pod]:
+        selector = f"{self.selector},{JOB_LABEL}={point.num}"
+        pods = self._call(self.core.list_namespaced_pod, self.namespace, label_selector=selector).items
+        return sorted(pods, key=lambda pod: pod.metadata.creation_timestamp or 0)
+
+    def _node_of(self, point: SweepPoint) -> str:
+        nodes = [pod.spec.node_name for pod in self._pods(point) if pod.spec and pod.spec.node_name]
+        return nodes[-1] if nodes else ""
+
+    def _save_log(self, point: SweepPoint, pod: client.V1Pod | None) -> str:
+        """The tail of ``pod``'s log, also saved as <run dir>/pod.log."""
+        if pod is None:
+            return ""
+        response = self._call(self.core.read_namespaced_pod_log, pod.metadata.name, self.namespace,
+                              container=CONTAINER_NAME, tail_lines=self.settings["log_tail_lines"],
+                              _preload_content=False)
+        log = response.data.decode(errors="replace")
+        point.run_dir.mkdir(parents=True, exist_ok=True)
+        (point.run_dir / POD_LOG).write_text(log)
+        return log
+
+    def _completed(self, point: SweepPoint) -> Outcome:
+        succeeded = [pod for pod in self._pods(point) if pod.status and pod.status.phase == "Succeeded"]
+        leader = [pod for pod in succeeded
+                  if (pod.metadata.annotations or {}).get(COMPLETION_INDEX_ANNOTATION, "0") == "0"]
+        log = self._save_log(point, (leader or succeeded or [None])[-1])
+        return Outcome(completed=True, value=result_value(log))
+
+    def _failed(self, point: SweepPoint, condition: client.V1JobCondition) -> Outcome:
+        pods = self._pods(point)
+        pod = pods[-1] if pods else None
+        self._save_log(point, pod)
+        reason = f"Job {point.name} failed: {condition.reason or 'Failed'}"
+        if condition.message:
+            reason += f" ({condition.message})"
+        exit_code = _exit_code(pod)
+        if exit_code is not None:
+            reason += f"; exit code {exit_code}"
+        return Outcome(completed=False, reason=f"{reason}; log tail in {point.run_dir / POD_LOG}")
+
+    def _time_out(self, timeout: float) -> None:
+        for name, point in list(self.active.items()):
+            self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {name} not finished within the "
+                                                                       f"sweep timeout of {timeout:g} s; deleted")
+            self.progress.update(name, "Deleted")
+        self.active.clear()
+        self.pending.clear()
+        self.delete_all()
+
+    def delete_all(self) -> None:
+        """Delete every Job this sweep created, with its pods."""
+        for name in self.created:
+            self._delete(self.batch.delete_namespaced_job, name)
+            if name in self.active:
+                self.progress.update(name, "Deleted")
+
+    def _delete_services(self) -> None:
+        for name, point in self.created.items():
+            if any(manifest["kind"] == "Service" for manifest in point.manifests):
+                self._delete(self.core.delete_namespaced_service, name)
+
+    def _delete(self, delete: Callable, name: str) -> None:
+        try:
+            self._call(delete, name, self.namespace, propagation_policy="Background")
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+
+def _exit_code(pod: client.V1Pod | None) -> int | None:
+    statuses = (pod.status.container_statuses or []) if pod is not None and pod.status else []
+    for container in statuses:
+        if container.name == CONTAINER_NAME and container.state and container.state.terminated:
+            return container.state.terminated.exit_code
+    return None

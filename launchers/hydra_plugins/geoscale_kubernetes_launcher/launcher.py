@@ -1,0 +1,128 @@
+"""The Kubernetes launcher: each sweep point of a Hydra multirun as one Kubernetes Job."""
+
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .manifests import job_name, render_point, sweep_id
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = "manifests"
+
+
+class PointFailed(RuntimeError):
+    """A sweep point whose Job failed, was deleted or timed out."""
+
+
+@dataclass
+class SweepPoint:
+    """One sweep point: its job number, overrides, composed config, local run dir and manifests."""
+
+    num: int
+    overrides: list[str]
+    config: DictConfig
+    run_dir: Path
+    name: str
+    manifests: list[dict[str, Any]]
+
+
+def app_module(settings: dict[str, Any]) -> str:
+    """The module the pods run: the setting, else the one this process runs as ``python -m``."""
+    if settings["app_module"]:
+        return settings["app_module"]
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:
+        raise ValueError("hydra.launcher.app_module is not set and the app was not run with python -m")
+    return spec.name.removesuffix(".__main__")
+
+
+def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
+    """Each point's manifests as one YAML file ``<manifest_dir>/<job name>.yaml``."""
+    import yaml
+
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    for point in points:
+        text = yaml.dump_all(point.manifests, Dumper=dumper, sort_keys=False)
+        (manifest_dir / f"{point.name}.yaml").write_text(text)
+
+
+class KubernetesLauncher(Launcher):
+    """Runs every sweep point as a ``batch/v1`` Job and returns the app's result from its pod log."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                         for key, value in settings.items()}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from apps.core.runinfo import read_completed
+
+        assert self.config is not None and self.hydra_context is not None
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep = sweep_id(str(sweep_dir))
+        points = [self._point(sweep_dir, sweep, initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
+
+        returns: dict[int, JobReturn] = {}
+        to_run = []
+        for point in points:
+            done = read_completed(point.run_dir)
+            if done is None:
+                to_run.append(point)
+            else:
+                log.info("#%d %s already completed; not launched again", point.num, point.run_dir)
+                returns[point.num] = self._job_return(point, JobStatus.COMPLETED, done["objective"]["value"])
+
+        if self.settings["dry_run"]:
+            write_manifests(to_run, sweep_dir / MANIFEST_DIR)
+            log.info("Dry run: %d manifests written to %s", len(to_run), sweep_dir / MANIFEST_DIR)
+            returns.update({p.num: self._job_return(p, JobStatus.COMPLETED, None) for p in to_run})
+        elif to_run:
+            from ._cluster import SweepRun
+            from ._progress import ProgressView
+
+            log.info("Launching %d Jobs in namespace %s (sweep %s)", len(to_run), self.settings["namespace"], sweep)
+            outcomes = SweepRun(self.settings, sweep, to_run, ProgressView()).run()
+            for point in to_run:
+                outcome = outcomes[point.num]
+                returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
+                                      else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
+        return [returns[point.num] for point in points]
+
+    def _point(self, sweep_dir: Path, sweep: str, num: int, overrides: Sequence[str]) -> SweepPoint:
+        assert self.config is not None and self.hydra_context is not None
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = num
+        subdir = str(config.hydra.sweep.subdir)
+        pod_root = self.settings["output_root_in_pod"] or str(sweep_dir.parent)
+        pod_run_dir = f"{pod_root.rstrip('/')}/{sweep_dir.name}/{subdir}"
+        app = str(config.hydra.job.name)
+        task_overrides = filter_overrides(list(overrides))
+        return SweepPoint(num=num, overrides=list(overrides), config=config, run_dir=sweep_dir / subdir,
+                          name=job_name(app, sweep, num),
+                          manifests=render_point(self.settings, app, sweep, num, app_module(self.settings),
+                                                 task_overrides, pod_run_dir))
+
+    def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:
+        task_config = OmegaConf.masked_copy(point.config, [key for key in point.config if key != "hydra"])
+        return JobReturn(overrides=point.overrides, cfg=task_config, hydra_cfg=point.config,
+                         working_dir=str(point.run_dir), task_name=str(point.config.hydra.job.name),
+                         status=status, _return_value=value)

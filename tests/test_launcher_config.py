@@ -1,0 +1,118 @@
+"""The Kubernetes launcher through Hydra: config composition, cluster profiles, dry runs of both apps,
+skipping finished points, an unreachable API server, and the SLURM launcher with the same apps."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+
+from apps.core.config import register_resolvers
+from coretools import CONF_DIR, run_module
+
+KUBERNETES_LAUNCHER = "hydra_plugins.geoscale_kubernetes_launcher.launcher.KubernetesLauncher"
+
+
+def compose_with_hydra(config_name: str, overrides: list[str]):
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+
+
+def manifests_in(sweep_dir: Path) -> dict[str, list[dict]]:
+    return {path.stem: list(yaml.safe_load_all(path.read_text()))
+            for path in sorted((sweep_dir / "manifests").glob("*.yaml"))}
+
+
+def commands(manifests: dict[str, list[dict]]) -> list[list[str]]:
+    return [docs[-1]["spec"]["template"]["spec"]["containers"][0]["command"] for docs in manifests.values()]
+
+
+@pytest.mark.parametrize("app", ["burned_area", "prep_burned_area"])
+def test_nautilus_profile_selects_the_kubernetes_launcher(app):
+    cfg = compose_with_hydra(app, ["cluster=nautilus"])
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == KUBERNETES_LAUNCHER
+    assert (launcher.gpus, launcher.cpu_request, launcher.memory_request) == (2, "4", "24Gi")
+    assert launcher.gpu_node_label == "nvidia.com/gpu.product" and launcher.gpu_models
+    assert all(ref.secret and ref.key for ref in launcher.secret_env.values())
+    assert "cluster" not in cfg or cfg.cluster is None
+
+
+@pytest.mark.parametrize("app", ["burned_area", "prep_burned_area"])
+def test_apps_compose_without_a_cluster(app):
+    cfg = compose_with_hydra(app, [])
+    assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
+    cfg = compose_with_hydra(app, ["hydra/launcher=kubernetes", "hydra.launcher.gpus=4"])
+    assert cfg.hydra.launcher._target_ == KUBERNETES_LAUNCHER and cfg.hydra.launcher.gpus == 4
+
+
+@pytest.mark.parametrize("app", ["burned_area", "prep_burned_area"])
+def test_slurm_launcher_composes_with_each_app(app):
+    cfg = compose_with_hydra(app, ["hydra/launcher=submitit_slurm", "hydra.launcher.gpus_per_node=2",
+                                   "hydra.launcher.timeout_min=600"])
+    assert cfg.hydra.launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert cfg.hydra.launcher.gpus_per_node == 2
+
+
+def test_dry_run_of_a_training_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", "cluster=nautilus",
+                      "hydra.launcher.dry_run=true", "lr=1e-3,1e-4,1e-5", f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    manifests = manifests_in(sweep_dir)
+    assert len(manifests) == 3
+    for name, docs in manifests.items():
+        (job,) = docs
+        assert job["metadata"]["name"] == name
+        kubernetes_validate.validate(job, "1.30", strict=True)
+    lrs = sorted(float(arg.split("=")[1]) for command in commands(manifests) for arg in command if arg.startswith("lr="))
+    assert lrs == [1e-5, 1e-4, 1e-3]
+    for num, command in enumerate(sorted(commands(manifests), key=lambda c: c[-1])):
+        assert command[:3] == ["python", "-m", "apps.burned_area"]
+        assert command[-1] == f"hydra.run.dir=/outputs/sweeps/sweep/{num}"
+    assert not list(sweep_dir.glob("[0-9]*"))  # nothing ran
+
+
+def test_dry_run_of_a_data_prep_fan_out(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    done = run_module("data_prep.burned_area", "-m", "hydra/launcher=kubernetes", "hydra.launcher.dry_run=true",
+                      "hydra.launcher.gpus=0", f"out_dir={tmp_path / 'chips'}", "scene=a,b", "stage=chip",
+                      f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    manifests = manifests_in(sweep_dir)
+    assert len(manifests) == 2
+    for command in commands(manifests):
+        assert command[:3] == ["python", "-m", "data_prep.burned_area"]
+        assert "stage=chip" in command and ("scene=a" in command or "scene=b" in command)
+        assert command[-1].startswith(f"hydra.run.dir={tmp_path}/sweep/")
+    for docs in manifests.values():
+        assert "nvidia.com/gpu" not in docs[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+
+
+def test_dry_run_skips_points_already_completed(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "1").mkdir(parents=True)
+    record = {"status": "completed", "objective": {"name": "test/iou", "value": 0.5}}
+    (sweep_dir / "1" / "metrics.json").write_text(json.dumps(record))
+    done = run_module("apps.burned_area", "-m", "cluster=nautilus", "hydra.launcher.dry_run=true",
+                      "lr=1e-3,1e-4,1e-5", f"hydra.sweep.dir={sweep_dir}")
+    assert done.returncode == 0, done.stderr
+    assert sorted(name.rsplit("-", 1)[1] for name in manifests_in(sweep_dir)) == ["0", "2"]
+
+
+def test_unreachable_api_server_is_one_clear_error(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", f"hydra.launcher.api_server={url}",
+                      "hydra.launcher.api_retries=1", "hydra.launcher.api_backoff_s=0.01", "lr=1e-3,1e-4",
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and url in errors[0] and "Traceback" not in done.stderr
