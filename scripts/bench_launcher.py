@@ -103,6 +103,7 @@ def launcher_sweep(server: KubeStandIn, sweep_dir: Path, max_in_flight: int | No
     jobs = counts.get("create", 0)
     report = {"exit_code": proc.returncode, "jobs_created": jobs,
               "jobs_complete": server.outcomes["Complete"] - outcomes_before.get("Complete", 0),
+              "results_read_back": sum("geoscale-result:" in log.read_text() for log in sweep_dir.rglob("pod.log")),
               "launcher_overhead_s": round(wall, 3), "target_s": 10.0,
               "requests_per_job": per_job(counts, max(1, jobs)), "requests_total": sum(counts.values())}
     if proc.returncode != 0:
