@@ -176,9 +176,10 @@ class SweepRun:
         elif "Failed" in conditions:
             outcome = self._failed(point, conditions["Failed"])
         else:
-            running = bool(status.active)
-            node = self.progress.rows[point.name].node or (self._node_of(point) if running else "")
-            self.progress.update(point.name, "Running" if running else "Pending", node, retries)
+            row = self.progress.rows[point.name]
+            state = "Running" if status.active else "Pending" if row.state in ("Submitted", "Pending") else row.state
+            node = row.node or (self._node_of(point) if status.active else "")
+            self.progress.update(point.name, state, node, retries)
             return
         del self.active[point.name]
         self.outcomes[point.num] = outcome
@@ -226,13 +227,12 @@ class SweepRun:
         return Outcome(completed=False, reason=f"{reason}; log tail in {point.run_dir / POD_LOG}")
 
     def _time_out(self, timeout: float) -> None:
-        for name, point in list(self.active.items()):
-            self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {name} not finished within the "
+        for point in [*self.active.values(), *self.pending]:
+            self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {point.name} not finished within the "
                                                                        f"sweep timeout of {timeout:g} s; deleted")
-            self.progress.update(name, "Deleted")
+        self.delete_all()
         self.active.clear()
         self.pending.clear()
-        self.delete_all()
 
     def delete_all(self) -> None:
         """Delete every Job this sweep created, with its pods."""
