@@ -1,0 +1,143 @@
+"""The Kubernetes launcher end to end: ``python -m apps.burned_area -m hydra/launcher=kubernetes ...``
+against the local API stand-in, whose pods run the app as local processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from coretools import REPO, TINY_MODEL
+
+from data_prep.synthetic_chips import make_chip_dataset
+from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+
+NAMESPACE = "geoscale-test"
+SWEEP_TIMEOUT_S = 300
+"""Upper bound of every sweep process in these tests."""
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> Path:
+    return make_chip_dataset(tmp_path_factory.mktemp("chips"), chips_per_scene=8, size=32)
+
+
+@pytest.fixture
+def standin():
+    with KubeStandIn(workdir=REPO) as server:
+        yield server
+
+
+def sweep_command(api_server: str, sweep_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "apps.burned_area", "-m", "hydra/launcher=kubernetes",
+            f"hydra.launcher.api_server={api_server}", "hydra.launcher.verify_ssl=false",
+            f"hydra.launcher.namespace={NAMESPACE}", "hydra.launcher.api_backoff_s=0.05",
+            f"hydra.sweep.dir={sweep_dir}", *TINY_MODEL, "epochs=1", *overrides]
+
+
+def run_sweep(api_server: str, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(sweep_command(api_server, sweep_dir, *overrides), cwd=REPO, capture_output=True, text=True,
+                          timeout=SWEEP_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_until(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pods_of_point(server: KubeStandIn, num: int) -> list[dict]:
+    return [pod for pod in server.pods.values() if pod["metadata"]["labels"].get("geoscale.io/job") == str(num)]
+
+
+@pytest.mark.slow
+def test_sweep_trains_both_points_through_api_faults_and_an_eviction(standin, chips, tmp_path):
+    """500 on the first create, a 410 Gone watch, watches closing every second, the first pod evicted."""
+    standin.faults.fail_creates = 1
+    standin.faults.watch_gone = 1
+    standin.faults.watch_close_after_s = 1.0
+    sweep = tmp_path / "sweep"
+    process = subprocess.Popen(sweep_command(standin.url, sweep, f"data.root={chips}", "lr=1e-3,1e-2"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = wait_until(lambda: [p for p in pods_of_point(standin, 0) if p["status"]["phase"] == "Running"],
+                           60, "the first pod to run")[0]
+        standin.evict(first["metadata"]["name"], NAMESPACE)
+        stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT_S)
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr[-3000:]
+
+    records = [json.loads((sweep / str(num) / "metrics.json").read_text()) for num in (0, 1)]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    summary = (sweep / "summary.md").read_text()
+    assert summary.startswith("2 runs: 2 completed")
+    assert all(f'{r["objective"]["value"]:.4f}' in summary for r in records)
+    for num in (0, 1):
+        assert "geoscale-result:" in (sweep / str(num) / "pod.log").read_text()
+    evicted_job = next(job for job in standin.jobs.values() if job["metadata"]["labels"]["geoscale.io/job"] == "0")
+    assert len(pods_of_point(standin, 0)) == 2 and evicted_job["status"]["failed"] == 0
+    assert standin.request_counts["create"] == 3 and standin.request_counts["watch"] >= 3
+
+    # A re-run of the finished sweep submits nothing.
+    creates = standin.request_counts["create"]
+    again = run_sweep(standin.url, sweep, f"data.root={chips}", "lr=1e-3,1e-2")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert standin.request_counts["create"] == creates
+
+
+@pytest.mark.slow
+def test_failing_point_comes_back_failed_and_the_other_goes_on(standin, chips, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_sweep(standin.url, sweep, f"data.root={chips},{tmp_path / 'no-such-data'}")
+    assert proc.returncode != 0
+    assert "PodFailurePolicy" in proc.stderr and "exit code 2" in proc.stderr
+    assert json.loads((sweep / "0" / "metrics.json").read_text())["status"] == "completed"
+    failed_log = (sweep / "1" / "pod.log").read_text()
+    assert "error:" in failed_log and "no-such-data" in failed_log
+    assert standin.outcomes == {"Complete": 1, "Failed": 1}
+
+
+def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):
+    standin.faults.hold_pending = lambda job: True
+    began = time.monotonic()
+    proc = run_sweep(standin.url, tmp_path / "sweep", "hydra.launcher.sweep_timeout_s=2", "lr=1e-3,1e-2")
+    assert proc.returncode != 0 and "sweep timeout" in proc.stderr
+    assert time.monotonic() - began < 60
+    assert standin.request_counts["create"] == 2 and standin.jobs == {} and standin.pods == {}
+
+
+def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
+    standin.faults.hold_pending = lambda job: True
+    process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(standin.pods) == 3, 60, "three pending pods")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert standin.jobs == {} and standin.pods == {}, stderr[-2000:]
+    assert standin.request_counts["delete"] == 3
+
+
+def test_unreachable_api_server_is_one_clear_error(tmp_path):
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    proc = run_sweep(f"http://127.0.0.1:{closed_port}", tmp_path / "sweep", "hydra.launcher.api_retries=1",
+                     "lr=1e-3,1e-2")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert f"cannot reach the Kubernetes API server at http://127.0.0.1:{closed_port}" in error
