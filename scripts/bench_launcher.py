@@ -5,7 +5,8 @@ launcher's own: the whole ``python -m apps.burned_area -m experiment=burned_area
 hydra/launcher=kubernetes ...`` command, nothing subtracted (target <= 10 s), and the API requests
 it makes per Job, by verb. The baseline is the same number of Jobs created and followed directly
 with the official client in this process (sequential creates, one watch, one log read per Job),
-and the app's bare start-up time (``--help``). Prints JSON.
+the app's bare start-up time (``--help``) and the same grid as a dry run (Hydra's sweep, config
+composition and manifest rendering, no API server). Prints JSON.
 
     python scripts/bench_launcher.py [--points 144] [--max-in-flight N] [--baseline-only]
 """
@@ -87,12 +88,24 @@ def app_startup_s() -> float:
     return round(time.perf_counter() - began, 3)
 
 
+def grid_command(sweep_dir: Path, *overrides: str) -> list[str]:
+    return [sys.executable, "-m", "apps.burned_area", "-m", "experiment=burned_area_grid", "hydra/launcher=kubernetes",
+            f"hydra.sweep.dir={sweep_dir}", *overrides]
+
+
+def dry_run_s(sweep_dir: Path) -> float:
+    """Wall time of the same grid with ``hydra.launcher.dry_run=true``: Hydra's sweep, composition and
+    manifest rendering, no API server."""
+    began = time.perf_counter()
+    subprocess.run(grid_command(sweep_dir, "hydra.launcher.dry_run=true"), cwd=REPO, capture_output=True, check=True,
+                   timeout=SWEEP_TIMEOUT_S)
+    return round(time.perf_counter() - began, 3)
+
+
 def launcher_sweep(server: KubeStandIn, sweep_dir: Path, max_in_flight: int | None) -> dict:
     """Run the grid through ``hydra/launcher=kubernetes`` against the stand-in; wall time and requests per Job."""
-    command = [sys.executable, "-m", "apps.burned_area", "-m", "experiment=burned_area_grid", "hydra/launcher=kubernetes",
-               f"hydra.launcher.api_server={server.url}", "hydra.launcher.verify_ssl=false",
-               f"hydra.launcher.namespace={NAMESPACE}", f"hydra.launcher.sweep_timeout_s={SWEEP_TIMEOUT_S}",
-               f"hydra.sweep.dir={sweep_dir}"]
+    command = grid_command(sweep_dir, f"hydra.launcher.api_server={server.url}", "hydra.launcher.verify_ssl=false",
+                           f"hydra.launcher.namespace={NAMESPACE}", f"hydra.launcher.sweep_timeout_s={SWEEP_TIMEOUT_S}")
     if max_in_flight is not None:
         command.append(f"hydra.launcher.max_in_flight={max_in_flight}")
     before, outcomes_before = dict(server.request_counts), dict(server.outcomes)
@@ -123,6 +136,7 @@ def main() -> None:
         report["baseline_direct_client"] = direct_client_baseline(server, args.points)
         if not args.baseline_only:
             report["app_startup_s"] = app_startup_s()
+            report["dry_run_s"] = dry_run_s(Path(workdir) / "dry-run")
             report["launcher"] = launcher_sweep(server, Path(workdir) / "sweep", args.max_in_flight)
     print(json.dumps(report, indent=2))
 
