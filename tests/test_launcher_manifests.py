@@ -181,3 +181,21 @@ def test_job_names_are_unique_dns_labels_over_a_thousand_points():
         assert all(DNS_1123_LABEL.match(name) and len(f"{name}-9999") <= 63 for name in names)
     assert job_name("burned_area", sweep, 3) == job_name("burned_area", sweep, 3)
     assert job_name("burned_area", sweep, 3) != job_name("burned_area", sweep_id("/other"), 3)
+
+
+def test_rbac_grants_only_the_verbs_the_launcher_uses():
+    from pathlib import Path
+
+    import yaml
+
+    documents = list(yaml.safe_load_all((Path(__file__).resolve().parents[1] / "docker" / "rbac.yaml").read_text()))
+    for document in documents:
+        kubernetes_validate.validate(document, "1.30", strict=True)
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    grants = {(group, resource): sorted(rule["verbs"]) for rule in role["rules"]
+              for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert grants == {("batch", "jobs"): ["create", "delete", "get", "list", "watch"],
+                      ("", "pods"): ["get", "list", "watch"], ("", "pods/log"): ["get"],
+                      ("", "services"): ["create", "delete"]}
+    (binding,) = [d for d in documents if d["kind"] == "RoleBinding"]
+    assert all(subject.get("namespace") for subject in binding["subjects"])
