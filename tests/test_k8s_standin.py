@@ -11,7 +11,7 @@ from kubernetes.client.rest import ApiException
 from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
 
 NS = "default"
-PYTHON_TIMEOUT_S = 15
+JOB_TIMEOUT_S = 15
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def final_condition(job: client.V1Job) -> client.V1JobCondition | None:
     return next((c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"), None)
 
 
-def wait_for_condition(batch, name: str, timeout_s: int = PYTHON_TIMEOUT_S) -> client.V1JobCondition:
+def wait_for_condition(batch, name: str, timeout_s: int = JOB_TIMEOUT_S) -> client.V1JobCondition:
     """Follow a Job by watch until it is Complete or Failed; its final condition."""
     listed = batch.list_namespaced_job(NS, label_selector=f"name-of-job={name}")
     if listed.items and (condition := final_condition(listed.items[0])):
@@ -65,7 +65,7 @@ def pods_of(core, name: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod(NS, label_selector=f"batch.kubernetes.io/job-name={name}").items
 
 
-def wait_until(predicate, timeout_s: float = PYTHON_TIMEOUT_S, what: str = "condition"):
+def wait_until(predicate, timeout_s: float = JOB_TIMEOUT_S, what: str = "condition"):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if value := predicate():

@@ -49,13 +49,10 @@ def now_rfc3339() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def status_object(code: int, reason: str, message: str, details: dict | None = None) -> dict:
-    """A ``v1 Status`` as the API server returns it with errors."""
-    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure" if code >= 400 else "Success",
-              "message": message, "reason": reason, "code": code}
-    if details:
-        status["details"] = details
-    return status
+def status_object(code: int, reason: str, message: str) -> dict:
+    """A failure ``v1 Status`` as the API server returns it with errors."""
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": code}
 
 
 class ApiError(Exception):
@@ -136,7 +133,8 @@ class KubeStandIn:
     workdir: working directory of pod processes. secrets: ``{secret: {key: value}}`` for
     ``secretKeyRef`` and ``envFrom.secretRef`` (missing ones are skipped). instant_pods: pods
     do not run; they succeed at once with the log line ``geoscale-result: <result(job)>``.
-    A container command ``python``/``python3`` runs with this interpreter.
+    A container command ``python``/``python3`` runs with this interpreter. retry_delay_s: pause
+    before a failed pod is replaced. history_limit: watch events kept; a watch from before them gets 410.
     """
 
     def __init__(self, workdir: str | Path = ".", secrets: dict | None = None, instant_pods: bool = False,
