@@ -16,7 +16,8 @@ JOB_TIMEOUT_S = 15
 
 @pytest.fixture
 def standin(tmp_path):
-    with KubeStandIn(workdir=tmp_path, secrets={"s3": {"AWS_ACCESS_KEY_ID": "key-id"}}) as server:
+    with KubeStandIn(workdir=tmp_path, secrets={"s3": {"AWS_ACCESS_KEY_ID": "key-id"},
+                                                       "extra": {"REGION": "us-west-2"}}) as server:
         yield server
 
 
@@ -36,7 +37,10 @@ def make_job(name: str, code: str, labels: dict | None = None, **spec) -> client
              client.V1EnvVar(name="AWS_ACCESS_KEY_ID", value_from=client.V1EnvVarSource(
                  secret_key_ref=client.V1SecretKeySelector(name="s3", key="AWS_ACCESS_KEY_ID"))),
              client.V1EnvVar(name="MISSING", value_from=client.V1EnvVarSource(
-                 secret_key_ref=client.V1SecretKeySelector(name="absent", key="x")))])
+                 secret_key_ref=client.V1SecretKeySelector(name="absent", key="x"))),
+             client.V1EnvVar(name="RANK", value_from=client.V1EnvVarSource(field_ref=client.V1ObjectFieldSelector(
+                 field_path="metadata.annotations['batch.kubernetes.io/job-completion-index']")))],
+        env_from=[client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name="extra"))])
     pod = client.V1PodSpec(restart_policy="Never", containers=[container])
     labels = {"name-of-job": name, **(labels or {"sweep": "s1"})}
     return client.V1Job(metadata=client.V1ObjectMeta(name=name, labels=labels),
@@ -78,7 +82,7 @@ def test_pod_runs_completes_and_its_log_reads_back(apis):
     batch, core = apis
     created = batch.create_namespaced_job(
         NS, make_job("hi", "import os; print('hi', os.environ['GREETING'], os.environ['AWS_ACCESS_KEY_ID'], "
-                           "'MISSING' in os.environ)"))
+                           "'MISSING' in os.environ, os.environ['REGION'])"))
     assert created.metadata.uid and created.metadata.resource_version
     condition = wait_for_condition(batch, "hi")
     assert (condition.type, condition.reason) == ("Complete", "CompletionsReached")
@@ -91,7 +95,7 @@ def test_pod_runs_completes_and_its_log_reads_back(apis):
     assert pod.status.phase == "Succeeded"
     assert pod.status.container_statuses[0].state.terminated.exit_code == 0
     log = core.read_namespaced_pod_log(pod.metadata.name, NS, _preload_content=False).data.decode()
-    assert log == "hi hello key-id False\n"
+    assert log == "hi hello key-id False us-west-2\n"
 
 
 def test_create_conflict_get_list_and_missing_job(apis):
@@ -266,14 +270,14 @@ def test_delete_collection_by_label_selector(apis, standin):
 
 def test_indexed_job_runs_one_pod_per_index(apis):
     batch, core = apis
-    batch.create_namespaced_job(NS, make_job("multi", "import os; print(os.environ['JOB_COMPLETION_INDEX'])",
+    batch.create_namespaced_job(NS, make_job("multi", "import os; print(os.environ['JOB_COMPLETION_INDEX'], os.environ['RANK'])",
                                              completions=2, parallelism=2, completion_mode="Indexed"))
     assert wait_for_condition(batch, "multi").type == "Complete"
     job = batch.read_namespaced_job("multi", NS)
     assert job.status.succeeded == 2 and job.status.completed_indexes == "0-1"
     logs = sorted(core.read_namespaced_pod_log(p.metadata.name, NS, _preload_content=False).data.decode()
                   for p in pods_of(core, "multi"))
-    assert logs == ["0\n", "1\n"]
+    assert logs == ["0 0\n", "1 1\n"]
 
 
 def test_headless_service_create_and_delete(apis, standin):
