@@ -116,3 +116,44 @@ def test_unreachable_api_server_is_one_clear_error(tmp_path):
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and url in errors[0] and "Traceback" not in done.stderr
+
+
+def test_optuna_sweeper_gets_each_pod_result(tmp_path):
+    from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+
+    values = iter([0.2, 0.9, 0.4, 0.6])
+    with KubeStandIn(workdir=tmp_path, instant_pods=True,
+                     result=lambda job: {"objective": "test/iou", "value": next(values)}) as server:
+        done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", "hydra/sweeper=optuna",
+                          "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.direction=maximize",
+                          "lr=interval(1e-5,1e-3)", f"hydra.launcher.api_server={server.url}",
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert results["best_value"] == 0.9
+    assert sorted(p.name for p in (tmp_path / "sweep").glob("*/pod.log")) == ["pod.log"] * 4
+
+
+def test_progress_view_writes_a_line_only_when_a_job_changes():
+    import io
+
+    from hydra_plugins.geoscale_kubernetes_launcher._progress import ProgressView
+
+    stream = io.StringIO()
+    view = ProgressView(stream)
+    view.update("job-0", "Pending")
+    view.update("job-0", "Pending")
+    view.update("job-0", "Running", "node-a")
+    view.add_retry("job-0")
+    view.update("job-0", "Complete")
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4
+    assert lines[-1].split()[:3] == ["job-0", "Complete", "node-a"] and lines[-1].endswith("retries 1")
+
+
+def test_result_value_is_the_last_result_line_of_a_log():
+    from hydra_plugins.geoscale_kubernetes_launcher._cluster import result_value
+
+    log = 'geoscale-result: {"objective": "x", "value": 0.1}\nnoise\ngeoscale-result: {"objective": "x", "value": 0.7}\nbye\n'
+    assert result_value(log) == 0.7
+    assert result_value("no result here\n") is None

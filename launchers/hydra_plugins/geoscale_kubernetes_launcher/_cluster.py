@@ -10,7 +10,6 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from hydra.errors import HydraException
