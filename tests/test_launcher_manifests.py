@@ -169,7 +169,7 @@ def test_multi_node_indexed_job_with_headless_service():
     assert env["MASTER_PORT"]["value"] == "29500"
     assert env["WORLD_SIZE"]["value"] == "12"
     assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
-    assert "trainer.num_nodes=3" in pod["containers"][0]["command"]
+    assert pod["containers"][0]["command"][-2:] == ["trainer.num_nodes=3", "trainer.devices=4"]
     assert len(f"{name}-2") <= 63  # the pod hostname
 
 

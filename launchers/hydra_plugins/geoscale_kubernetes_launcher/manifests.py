@@ -45,8 +45,8 @@ def pod_command(settings: Mapping[str, Any], app_module: str, overrides: Sequenc
     A list, never a shell line, so override values need no quoting.
     """
     command = [settings["python"], "-m", app_module, *overrides, f"hydra.run.dir={run_dir}"]
-    if settings["num_nodes"] > 1:
-        command.append(f"trainer.num_nodes={settings['num_nodes']}")
+    if settings["num_nodes"] > 1:  # Lightning's world: num_nodes x devices, as WORLD_SIZE says
+        command += [f"trainer.num_nodes={settings['num_nodes']}", f"trainer.devices={max(settings['gpus'], 1)}"]
     return command
 
 
