@@ -121,7 +121,8 @@ def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: len(standin.pods) == 3, 60, "three pending pods")
+        wait_until(lambda: len(standin.pods) == 3 and standin.request_counts["watch"], 60,
+                   "three pending pods, followed by watch")
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=60)
     finally:
