@@ -29,3 +29,15 @@ def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(predicate, timeout_s: float, what: str = "condition"):
+    """Poll ``predicate`` every 50 ms until it returns something truthy (returned), or fail after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

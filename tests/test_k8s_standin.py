@@ -9,6 +9,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+from coretools import wait_until
 
 NS = "default"
 JOB_TIMEOUT_S = 15
@@ -67,15 +68,6 @@ def wait_for_condition(batch, name: str, timeout_s: int = JOB_TIMEOUT_S) -> clie
 
 def pods_of(core, name: str) -> list[client.V1Pod]:
     return core.list_namespaced_pod(NS, label_selector=f"batch.kubernetes.io/job-name={name}").items
-
-
-def wait_until(predicate, timeout_s: float = JOB_TIMEOUT_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_pod_runs_completes_and_its_log_reads_back(apis):
@@ -210,7 +202,7 @@ EVICTABLE = "import os, time; first = not os.path.exists('started'); open('start
 def test_evicted_pod_is_retried_under_an_ignore_rule(apis, standin, tmp_path):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("ev", EVICTABLE, backoff_limit=0, pod_failure_policy=fail_job_on(2)))
-    wait_until(lambda: (tmp_path / "started").exists(), what="the first pod to start")
+    wait_until(lambda: (tmp_path / "started").exists(), JOB_TIMEOUT_S, what="the first pod to start")
     first = pods_of(core, "ev")
     standin.evict(first[0].metadata.name)
     condition = wait_for_condition(batch, "ev")
@@ -227,7 +219,7 @@ def test_active_deadline_fails_the_job_and_kills_its_pod(apis, standin):
     batch.create_namespaced_job(NS, make_job("slow", "import time; time.sleep(60)", active_deadline_seconds=1))
     condition = wait_for_condition(batch, "slow")
     assert (condition.type, condition.reason) == ("Failed", "DeadlineExceeded")
-    wait_until(lambda: standin.running_processes() == 0, what="the pod process to end")
+    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="the pod process to end")
     assert pods_of(core, "slow")[0].status.phase == "Failed"
 
 
@@ -235,7 +227,7 @@ def test_pending_job_never_starts_a_pod(apis, standin):
     batch, core = apis
     standin.faults.hold_pending = lambda job: job["metadata"]["name"] == "stuck"
     batch.create_namespaced_job(NS, make_job("stuck", "print('never')"))
-    [pod] = wait_until(lambda: pods_of(core, "stuck"), what="the pending pod")
+    [pod] = wait_until(lambda: pods_of(core, "stuck"), JOB_TIMEOUT_S, what="the pending pod")
     time.sleep(0.3)
     pod = core.read_namespaced_pod(pod.metadata.name, NS)
     assert pod.status.phase == "Pending" and pod.status.conditions[0].reason == "Unschedulable"
@@ -245,10 +237,10 @@ def test_pending_job_never_starts_a_pod(apis, standin):
 def test_delete_with_propagation_kills_the_process_and_removes_pods(apis, standin):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("long", "import time; print('up', flush=True); time.sleep(60)"))
-    wait_until(lambda: standin.running_processes() == 1, what="the pod process")
+    wait_until(lambda: standin.running_processes() == 1, JOB_TIMEOUT_S, what="the pod process")
     listed = batch.list_namespaced_job(NS)
     batch.delete_namespaced_job("long", NS, propagation_policy="Background")
-    wait_until(lambda: standin.running_processes() == 0, what="the pod process to be killed")
+    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="the pod process to be killed")
     assert pods_of(core, "long") == [] and batch.list_namespaced_job(NS).items == []
     events = list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=listed.metadata.resource_version,
                                        timeout_seconds=1))
@@ -265,7 +257,7 @@ def test_delete_collection_by_label_selector(apis, standin):
     batch.delete_collection_namespaced_job(NS, label_selector="sweep=x", propagation_policy="Foreground")
     assert [j.metadata.name for j in batch.list_namespaced_job(NS).items] == ["d3"]
     batch.delete_namespaced_job("d3", NS, propagation_policy="Background")
-    wait_until(lambda: standin.running_processes() == 0, what="every pod process to be killed")
+    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="every pod process to be killed")
 
 
 def test_indexed_job_runs_one_pod_per_index(apis):

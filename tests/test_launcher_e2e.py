@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from coretools import REPO, TINY_MODEL
+from coretools import REPO, TINY_MODEL, wait_until
 
 from data_prep.synthetic_chips import make_chip_dataset
 from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
@@ -44,15 +44,6 @@ def sweep_command(api_server: str, sweep_dir: Path, *overrides: str) -> list[str
 def run_sweep(api_server: str, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(sweep_command(api_server, sweep_dir, *overrides), cwd=REPO, capture_output=True, text=True,
                           timeout=SWEEP_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-
-
-def wait_until(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pods_of_point(server: KubeStandIn, num: int) -> list[dict]:
