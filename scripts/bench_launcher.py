@@ -24,7 +24,7 @@ from pathlib import Path
 
 from kubernetes import client, watch
 
-from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "default"

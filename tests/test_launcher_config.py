@@ -119,7 +119,7 @@ def test_unreachable_api_server_is_one_clear_error(tmp_path):
 
 
 def test_optuna_sweeper_gets_each_pod_result(tmp_path):
-    from hydra_plugins.geoscale_kubernetes_launcher.standin import KubeStandIn
+    from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
 
     values = iter([0.2, 0.9, 0.4, 0.6])
     with KubeStandIn(workdir=tmp_path, instant_pods=True,

@@ -9,7 +9,8 @@ container as a local process and reports Complete or Failed the way Kubernetes 1
     with KubeStandIn(workdir=repo, secrets={"s3": {"key": "..."}}) as server:
         configuration = kubernetes.client.Configuration(host=server.url)
 
-The launcher never imports this module.
+The launcher never imports this module; its leading underscore keeps Hydra's plugin scan, which
+imports every other module of the package at each app start, from loading it.
 """
 
 import copy
