@@ -77,6 +77,7 @@ def test_dry_run_of_a_training_sweep(tmp_path):
         assert command[:3] == ["python", "-m", "apps.burned_area"]
         assert command[-1] == f"hydra.run.dir=/outputs/sweeps/sweep/{num}"
     assert not list(sweep_dir.glob("[0-9]*"))  # nothing ran
+    assert not (sweep_dir / "summary.md").exists() and "summary not written" not in done.stdout + done.stderr
 
 
 def test_dry_run_of_a_data_prep_fan_out(tmp_path):
@@ -157,3 +158,29 @@ def test_result_value_is_the_last_result_line_of_a_log():
     log = 'geoscale-result: {"objective": "x", "value": 0.1}\nnoise\ngeoscale-result: {"objective": "x", "value": 0.7}\nbye\n'
     assert result_value(log) == 0.7
     assert result_value("no result here\n") is None
+
+
+def test_sweep_points_are_composed_once_and_returned_whole():
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.geoscale_kubernetes_launcher.launcher import SweepConfigMemo, task_part
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("burned_area", ["hydra/launcher=kubernetes"], RunMode.MULTIRUN)
+        memo = SweepConfigMemo(loader)
+        checked = memo.load_sweep_config(master, ["lr=0.5", "model=unetplusplus"])  # the sweeper's batch check
+        assert memo.take_sweep_config(master, ["lr=0.5", "model=unetplusplus"]) is checked
+        composed_again = memo.take_sweep_config(master, ["lr=0.5", "model=unetplusplus"])
+        assert composed_again is not checked and composed_again.lr == 0.5 and not memo.composed
+        assert memo.get_group_options("model") == loader.get_group_options("model")
+
+        task = task_part(checked)
+        expected = OmegaConf.masked_copy(composed_again, [key for key in composed_again if key != "hydra"])
+        assert "hydra" not in task and OmegaConf.is_struct(task)
+        assert OmegaConf.to_container(task, resolve=True) == OmegaConf.to_container(expected, resolve=True)
+        assert task.model.arch == checked.model.arch == "unetplusplus"
+        assert checked.hydra.job.name == "burned_area"

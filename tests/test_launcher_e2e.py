@@ -123,6 +123,22 @@ def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     assert standin.request_counts["delete"] == 3
 
 
+def test_ctrl_c_while_a_create_is_unanswered_still_deletes_that_job(standin, tmp_path):
+    standin.faults.hold_pending = lambda job: True
+    standin.faults.answer_create_after_s = 60
+    process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2"), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(standin.jobs) == 1, 60, "the first Job stored, its create not yet answered")
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode != 0
+    assert standin.request_counts["create"] == 1
+    assert standin.jobs == {} and standin.pods == {}, stderr[-2000:]
+
+
 def test_unreachable_api_server_is_one_clear_error(tmp_path):
     with socket.socket() as probe:  # a loopback port that nothing listens on
         probe.bind(("127.0.0.1", 0))

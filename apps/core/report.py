@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from apps.core.errors import InputError
 from apps.core.runinfo import read_completed
@@ -261,6 +262,8 @@ class SweepSummary(Callback):
         self.metrics = list(metrics) if metrics else None
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if OmegaConf.select(config, "hydra.launcher.dry_run", default=False):
+            return  # a dry run trains nothing: there is nothing to summarize
         try:
             sweep_dir = Path(config.hydra.sweep.dir)
             report = load_sweep(sweep_dir, metric=self.metric, metrics=self.metrics)

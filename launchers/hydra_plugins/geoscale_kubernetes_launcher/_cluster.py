@@ -129,6 +129,8 @@ class SweepRun:
     def _refill(self) -> None:
         while self.pending and len(self.active) < self.settings["max_in_flight"]:
             point = self.pending.popleft()
+            # Recorded before the create, so an interrupt while it is in flight still deletes the Job.
+            self.created[point.name] = point
             for manifest in point.manifests:
                 create = (self.batch.create_namespaced_job if manifest["kind"] == "Job"
                           else self.core.create_namespaced_service)
@@ -137,7 +139,7 @@ class SweepRun:
                 except ApiException as error:
                     if error.status != 409:  # 409: already there, from an earlier attempt of this create
                         raise
-            self.created[point.name] = self.active[point.name] = point
+            self.active[point.name] = point
             self.progress.update(point.name, "Submitted")
 
     def _follow(self, deadline: float | None) -> None:

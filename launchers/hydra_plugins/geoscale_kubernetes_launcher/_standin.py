@@ -112,6 +112,7 @@ class Faults:
     watch_gone: int = 0  # the next N watches answer an ERROR event with a 410 Gone Status
     watch_close_after_s: float | None = None  # every watch stream ends after this many seconds
     hold_pending: Callable[[dict], bool] = lambda job: False  # jobs whose pods stay Pending forever
+    answer_create_after_s: float = 0.0  # a create's object exists at once, its answer comes this much later
 
 
 @dataclass
@@ -301,7 +302,9 @@ class KubeStandIn:
                 run = JobRun(namespace, name, metadata["uid"])
                 self._runs[(namespace, name)] = run
                 threading.Thread(target=self._control_job, args=(run,), name=f"job-{name}", daemon=True).start()
-            return copy.deepcopy(obj)
+            created = copy.deepcopy(obj)
+        time.sleep(self.faults.answer_create_after_s)
+        return created
 
     @staticmethod
     def _default_job(job: dict) -> None:

@@ -3,13 +3,16 @@
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra.core.config_loader import ConfigLoader
+from hydra.core.object_type import ObjectType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
+from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .manifests import job_name, render_point, sweep_id
@@ -17,6 +20,8 @@ from .manifests import job_name, render_point, sweep_id
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "manifests"
+LAUNCH_SUMMARY = "Kubernetes launcher:"
+"""Starts the log line giving each batch's points and the launcher's own wall time."""
 
 
 class PointFailed(RuntimeError):
@@ -56,6 +61,63 @@ def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
         (manifest_dir / f"{point.name}.yaml").write_text(text)
 
 
+def task_part(config: DictConfig) -> DictConfig:
+    """``config`` without its hydra node. The new root takes over config's nodes instead of copying
+    them (a deep copy per point was most of a 1,000-point dry run's launcher time); looked up from
+    ``config``, they stay the same."""
+    task = OmegaConf.create(flags={"no_deepcopy_set_nodes": True})
+    for key in config:
+        if key != "hydra":
+            task[key] = config._get_node(key)
+    task._set_flag("no_deepcopy_set_nodes", None)
+    OmegaConf.set_struct(task, True)
+    return task
+
+
+class SweepConfigMemo(ConfigLoader):
+    """A config loader that keeps each sweep point's composed config until the launcher takes it.
+
+    Hydra's sweepers compose every point once to check the batch before launching it, and the
+    launcher needs the same configs: composing them twice doubled the time a large sweep spent in
+    Hydra (about 80 ms a point). Every other call goes straight to the wrapped loader.
+    """
+
+    def __init__(self, loader: ConfigLoader) -> None:
+        self.loader = loader
+        self.composed: dict[tuple[str, ...], DictConfig] = {}
+
+    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        self.composed[tuple(sweep_overrides)] = config
+        return config
+
+    def take_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The point's config composed earlier (forgotten here once taken), else composed now."""
+        config = self.composed.pop(tuple(sweep_overrides), None)
+        return config if config is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def load_configuration(self, config_name: str | None, overrides: list[str], run_mode: RunMode,
+                           from_shell: bool = True, validate_sweep_overrides: bool = True) -> DictConfig:
+        return self.loader.load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
+
+    def get_search_path(self) -> Any:
+        return self.loader.get_search_path()
+
+    def get_sources(self) -> Any:
+        return self.loader.get_sources()
+
+    def list_groups(self, parent_name: str) -> list[str]:
+        return self.loader.list_groups(parent_name)
+
+    def get_group_options(self, group_name: str, results_filter: ObjectType | None = ObjectType.CONFIG,
+                           config_name: str | None = None,
+                          overrides: list[str] | None = None) -> list[str]:
+        return self.loader.get_group_options(group_name, results_filter, config_name, overrides)
+
+    def compute_defaults_list(self, config_name: str | None, overrides: list[str], run_mode: RunMode) -> Any:
+        return self.loader.compute_defaults_list(config_name, overrides, run_mode)
+
+
 class KubernetesLauncher(Launcher):
     """Runs every sweep point as a ``batch/v1`` Job and returns the app's result from its pod log."""
 
@@ -67,12 +129,17 @@ class KubernetesLauncher(Launcher):
         self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Keeps the sweep's context; its config loader is wrapped in a :class:`SweepConfigMemo`, shared
+        with the sweeper (which holds the same context), so each point is composed once."""
+        if not isinstance(hydra_context.config_loader, SweepConfigMemo):
+            hydra_context.config_loader = SweepConfigMemo(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from apps.core.runinfo import read_completed
 
         assert self.config is not None and self.hydra_context is not None
+        began = time.perf_counter()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
@@ -104,11 +171,15 @@ class KubernetesLauncher(Launcher):
                 outcome = outcomes[point.num]
                 returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
                                       else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
+        log.info("%s %d points (%d launched) in %.2f s", LAUNCH_SUMMARY, len(points), len(to_run),
+                 time.perf_counter() - began)
         return [returns[point.num] for point in points]
 
     def _point(self, sweep_dir: Path, sweep: str, num: int, overrides: Sequence[str]) -> SweepPoint:
         assert self.config is not None and self.hydra_context is not None
-        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        loader = self.hydra_context.config_loader
+        assert isinstance(loader, SweepConfigMemo)
+        config = loader.take_sweep_config(self.config, list(overrides))
         with open_dict(config):
             config.hydra.job.id = config.hydra.job.num = num
         subdir = str(config.hydra.sweep.subdir)
@@ -122,7 +193,7 @@ class KubernetesLauncher(Launcher):
                                                  task_overrides, pod_run_dir))
 
     def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:
-        task_config = OmegaConf.masked_copy(point.config, [key for key in point.config if key != "hydra"])
-        return JobReturn(overrides=point.overrides, cfg=task_config, hydra_cfg=point.config,
+        """The point's JobReturn: ``cfg`` its config without the hydra node, ``hydra_cfg`` the whole config."""
+        return JobReturn(overrides=point.overrides, cfg=task_part(point.config), hydra_cfg=point.config,
                          working_dir=str(point.run_dir), task_name=str(point.config.hydra.job.name),
                          status=status, _return_value=value)
