@@ -173,3 +173,25 @@ def test_cli_prints_its_result_line(chips, tmp_path):
     assert marker == "geoscale-result:"
     saved = json.loads((tmp_path / "metrics.json").read_text())["objective"]
     assert json.loads(payload) == {"objective": "test/iou", "value": saved["value"]}
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_records_the_whole_test_split_once(chips, tmp_path):
+    from apps.reproduce.__main__ import evaluate, load_run
+
+    # Full-depth encoder: DDP refuses a model whose unused stages (encoder_depth < 5) hold parameters.
+    proc = run_module("apps.burned_area", "model.encoder=resnet18", "+model.decoder_channels=[16,16,8,8,8]",
+                      "batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false", f"data.root={chips}",
+                      "epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+                      f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [result_line] = [line for line in proc.stdout.splitlines() if line.startswith("geoscale-result:")]
+    cfg, record = load_run(tmp_path)
+    assert json.loads(result_line.split(" ", 1)[1])["value"] == record["objective"]["value"]
+    assert record["facts"]["device_count"] == 2
+    assert len(json.loads((tmp_path / "provenance.json").read_text())) == 1
+    # Scores come from the confusion matrix summed over both processes: one process on the whole
+    # test split (8 chips, an even share each) gets the same.
+    single = evaluate(cfg, record, tmp_path)
+    for name in ("test/iou", "test/f1", "test/accuracy"):
+        assert single[name] == pytest.approx(record["metrics"][name], abs=1e-6)

@@ -83,7 +83,8 @@ def test_dry_run_of_a_training_sweep(tmp_path):
 def test_dry_run_of_a_data_prep_fan_out(tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = run_module("data_prep.burned_area", "-m", "hydra/launcher=kubernetes", "hydra.launcher.dry_run=true",
-                      "hydra.launcher.gpus=0", f"out_dir={tmp_path / 'chips'}", "scene=a,b", "stage=chip",
+                      "hydra.launcher.gpus=2", "hydra.launcher.gpu_models=[NVIDIA-A10]",
+                      f"out_dir={tmp_path / 'chips'}", "scene=a,b", "stage=chip",
                       f"hydra.sweep.dir={sweep_dir}")
     assert done.returncode == 0, done.stderr
     manifests = manifests_in(sweep_dir)
@@ -92,8 +93,10 @@ def test_dry_run_of_a_data_prep_fan_out(tmp_path):
         assert command[:3] == ["python", "-m", "data_prep.burned_area"]
         assert "stage=chip" in command and ("scene=a" in command or "scene=b" in command)
         assert command[-1].startswith(f"hydra.run.dir={tmp_path}/sweep/")
-    for docs in manifests.values():
-        assert "nvidia.com/gpu" not in docs[0]["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    for docs in manifests.values():  # data prep trains nothing: no GPU asked for, no GPU node required
+        pod = docs[0]["spec"]["template"]["spec"]
+        assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["requests"] and "affinity" not in pod
+        assert not any(arg.startswith("trainer.") for arg in pod["containers"][0]["command"])
 
 
 def test_dry_run_skips_points_already_completed(tmp_path):

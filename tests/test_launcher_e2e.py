@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,11 @@ def standin():
         yield server
 
 
-def sweep_command(api_server: str, sweep_dir: Path, *overrides: str) -> list[str]:
+def sweep_command(api_server: str, sweep_dir: Path, *overrides: str, model: Sequence[str] = TINY_MODEL) -> list[str]:
     return [sys.executable, "-m", "apps.burned_area", "-m", "hydra/launcher=kubernetes",
             f"hydra.launcher.api_server={api_server}", "hydra.launcher.verify_ssl=false",
             f"hydra.launcher.namespace={NAMESPACE}", "hydra.launcher.api_backoff_s=0.05",
-            f"hydra.sweep.dir={sweep_dir}", *TINY_MODEL, "epochs=1", *overrides]
+            f"hydra.sweep.dir={sweep_dir}", *model, "epochs=1", *overrides]
 
 
 def run_sweep(api_server: str, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -96,6 +97,30 @@ def test_failing_point_comes_back_failed_and_the_other_goes_on(standin, chips, t
     failed_log = (sweep / "1" / "pod.log").read_text()
     assert "error:" in failed_log and "no-such-data" in failed_log
     assert standin.outcomes == {"Complete": 1, "Failed": 1}
+
+
+@pytest.mark.slow
+def test_multi_node_point_trains_on_two_pods_that_meet_through_the_headless_service(standin, chips, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sweep = tmp_path / "sweep"
+    # Full-depth encoder: DDP refuses a model whose unused stages (encoder_depth < 5) hold parameters.
+    full_depth = ["model.encoder=resnet18", "+model.decoder_channels=[16,16,8,8,8]", "batch_size=2",
+                  "num_workers=0", "trainer.enable_progress_bar=false"]
+    proc = subprocess.run(sweep_command(standin.url, sweep, f"data.root={chips}", "hydra.launcher.num_nodes=2",
+                                        "hydra.launcher.gpus=0", f"hydra.launcher.master_port={port}",
+                                        "trainer.accelerator=cpu", "trainer.strategy=ddp", "lr=1e-3",
+                                        model=full_depth),
+                          cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["facts"]["device_count"] == 2
+    assert f'"value": {record["objective"]["value"]}' in (sweep / "0" / "pod.log").read_text()
+    pods = pods_of_point(standin, 0)
+    assert sorted(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for pod in pods) == ["0", "1"]
+    assert all(pod["status"]["phase"] == "Succeeded" for pod in pods)
+    assert standin.request_counts["create"] == 2 and standin.services == {}  # the Job and its Service
 
 
 def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):

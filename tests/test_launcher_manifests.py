@@ -93,7 +93,8 @@ def test_job_runs_the_app_with_the_point_overrides_as_a_list():
     overrides = ["lr=0.001", "tags=[a b,'c d']", "note=$HOME; rm -rf /"]
     (job,) = render("single-gpu", num=7, overrides=overrides)
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["python", "-m", "apps.burned_area", *overrides, "hydra.run.dir=/outputs/x/7"]
+    assert container["command"] == ["python", "-m", "apps.burned_area", *overrides, "trainer.devices=1",
+                                    "hydra.run.dir=/outputs/x/7"]
     assert "args" not in container
     assert job["metadata"]["labels"] == {"geoscale.io/app": "burned-area", "geoscale.io/sweep": sweep_id("/sweeps/x"),
                                          "geoscale.io/job": "7"}
@@ -169,8 +170,28 @@ def test_multi_node_indexed_job_with_headless_service():
     assert env["MASTER_PORT"]["value"] == "29500"
     assert env["WORLD_SIZE"]["value"] == "12"
     assert env["NODE_RANK"]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"
-    assert pod["containers"][0]["command"][-2:] == ["trainer.num_nodes=3", "trainer.devices=4"]
+    assert pod["containers"][0]["command"][-3:-1] == ["trainer.num_nodes=3", "trainer.devices=4"]
     assert len(f"{name}-2") <= 63  # the pod hostname
+
+
+def command_of(manifests: list[dict]) -> list[str]:
+    return manifests[-1]["spec"]["template"]["spec"]["containers"][0]["command"]
+
+
+def test_trainer_is_fitted_to_the_pods_gpus_unless_the_point_says_otherwise():
+    assert command_of(render("gpu-selection"))[-2] == "trainer.devices=2"
+    assert command_of(render("single-gpu"))[-2] == "trainer.devices=1"
+    assert not any(arg.startswith("trainer.") for arg in command_of(render("cpu-only")))
+    assert command_of(render("gpu-selection", overrides=["trainer.devices=1"])).count("trainer.devices=1") == 1
+    assert command_of(render("multi-node", overrides=["+trainer.num_nodes=2"]))[-2:-1] == ["trainer.devices=4"]
+
+
+def test_an_app_that_does_not_train_gets_no_gpu():
+    [job] = render_point(VARIANTS["gpu-selection"], "prep_burned_area", sweep_id("/sweeps/x"), 0,
+                         "data_prep.burned_area", ["scene=a"], "/outputs/x/0", trains=False)
+    pod = job["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in pod["containers"][0]["resources"]["requests"] and "affinity" not in pod
+    assert command_of([job])[-1] == "hydra.run.dir=/outputs/x/0"
 
 
 def test_job_names_are_unique_dns_labels_over_a_thousand_points():

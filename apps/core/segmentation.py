@@ -89,7 +89,8 @@ class SegmentationTask(BaseTask):
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self.criterion(self.forward_batch(batch), batch["mask"])
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["mask"]))
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=len(batch["mask"]))
         return loss
 
     def _evaluate(self, batch: Mapping[str, torch.Tensor], stage: str) -> torch.Tensor:
@@ -109,7 +110,8 @@ class SegmentationTask(BaseTask):
 
     def _log_scores(self, stage: str) -> None:
         scores = segmentation_scores(self.confusion[stage].compute(), self.positive_class)
-        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val")
+        # The confusion matrix is already summed over all processes: sync_dist averages equal values.
+        self.log_dict({f"{stage}/{k}": v for k, v in scores.items()}, prog_bar=stage == "val", sync_dist=True)
         self.confusion[stage].reset()
 
     def on_validation_epoch_end(self) -> None:

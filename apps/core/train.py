@@ -86,8 +86,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
     task = build(cfg.task)
-    record_provenance(run_dir)
     trainer, checkpoint, clock = build_trainer(cfg, run_dir)
+    if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
+        record_provenance(run_dir)
     last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
     if last.is_file():
         log.info("resuming from %s", last)
@@ -151,11 +152,15 @@ RESULT_MARKER = "geoscale-result:"
 def hydra_task(cfg: DictConfig) -> float:
     """The Hydra task function of every training app: train into Hydra's output directory.
 
-    Also prints ``geoscale-result: {"objective": ..., "value": ...}`` as the last line, so a launcher
-    that sees only the process's output (a pod log) gets the value that a local sweeper gets.
+    Also prints ``geoscale-result: {"objective": ..., "value": ...}`` as the last line (from global
+    rank zero only), so a launcher that sees only the process's output (a pod log) gets the value
+    that a local sweeper gets.
     """
     from hydra.core.hydra_config import HydraConfig
 
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
     value = train(cfg, HydraConfig.get().runtime.output_dir)
-    print(f"{RESULT_MARKER} {json.dumps({'objective': str(cfg.objective), 'value': value})}", flush=True)
+    if getattr(rank_zero_only, "rank", 0) == 0:  # distributed runs: the global rank-zero process only
+        print(f"{RESULT_MARKER} {json.dumps({'objective': str(cfg.objective), 'value': value})}", flush=True)
     return value

@@ -135,7 +135,9 @@ class KubeStandIn:
     workdir: working directory of pod processes. secrets: ``{secret: {key: value}}`` for
     ``secretKeyRef`` and ``envFrom.secretRef`` (missing ones are skipped). instant_pods: pods
     do not run; they succeed at once with the log line ``geoscale-result: <result(job)>``.
-    A container command ``python``/``python3`` runs with this interpreter. retry_delay_s: pause
+    A container command ``python``/``python3`` runs with this interpreter. Indexed Job pods get
+    their hostnames, and the names cluster DNS would give them behind a headless Service are
+    handed to their processes as 127.0.0.1. retry_delay_s: pause
     before a failed pod is replaced. history_limit: watch events kept; a watch from before them gets 410.
     """
 
@@ -453,6 +455,8 @@ class KubeStandIn:
             annotations["batch.kubernetes.io/job-completion-index"] = str(index)
         pod_spec = template["spec"]
         pod_spec["nodeName"] = f"standin-node-{index}"
+        if indexed:
+            pod_spec["hostname"] = f"{run.name}-{index}"
         status = {"phase": phase, "conditions": []}
         if phase == "Pending" and self.faults.hold_pending(job):
             pod_spec.pop("nodeName")
@@ -533,7 +537,26 @@ class KubeStandIn:
             elif ref := value_from.get("fieldRef"):
                 if ref["fieldPath"] in fields:
                     env[variable["name"]] = fields[ref["fieldPath"]]
-        return env
+        # Cluster DNS: every pod here is a local process, so the pod names it would resolve are
+        # given as the loopback address wherever a variable holds one (MASTER_ADDR of a multi-node Job).
+        dns_names = self._cluster_dns_names(run.namespace)
+        return {key: "127.0.0.1" if value in dns_names else value for key, value in env.items()}
+
+    def _cluster_dns_names(self, namespace: str) -> set[str]:
+        """Names cluster DNS gives Indexed Job pods behind a headless Service: ``<job>-<index>.<service>``,
+        also with ``.<namespace>.svc[.cluster.local]``."""
+        with self._lock:
+            headless = {name for (ns, name), service in self._objects["services"].items()
+                        if ns == namespace and service["spec"].get("clusterIP") == "None"}
+            jobs = [job for (ns, _), job in self._objects["jobs"].items() if ns == namespace]
+        names = set()
+        for job in jobs:
+            subdomain = job["spec"]["template"]["spec"].get("subdomain")
+            if job["spec"]["completionMode"] == "Indexed" and subdomain in headless:
+                for index in range(job["spec"]["completions"]):
+                    host = f"{job['metadata']['name']}-{index}.{subdomain}"
+                    names |= {host, f"{host}.{namespace}.svc", f"{host}.{namespace}.svc.cluster.local"}
+        return names
 
     def _count_active(self, run: JobRun) -> None:
         with self._lock:

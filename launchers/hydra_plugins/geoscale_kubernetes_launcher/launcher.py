@@ -147,6 +147,8 @@ class KubernetesLauncher(Launcher):
         sweep = sweep_id(str(sweep_dir))
         points = [self._point(sweep_dir, sweep, initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
 
+        if points and self.settings["gpus"] and "trainer" not in points[0].config:
+            log.info("%s does not train: its pods request no GPU", points[0].config.hydra.job.name)
         returns: dict[int, JobReturn] = {}
         to_run = []
         for point in points:
@@ -190,7 +192,7 @@ class KubernetesLauncher(Launcher):
         return SweepPoint(num=num, overrides=list(overrides), config=config, run_dir=sweep_dir / subdir,
                           name=job_name(app, sweep, num),
                           manifests=render_point(self.settings, app, sweep, num, app_module(self.settings),
-                                                 task_overrides, pod_run_dir))
+                                                 task_overrides, pod_run_dir, trains="trainer" in config))
 
     def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:
         """The point's JobReturn: ``cfg`` its config without the hydra node, ``hydra_cfg`` the whole config."""
