@@ -35,11 +35,14 @@ def standin():
         yield server
 
 
+def launcher_overrides(api_server: str, sweep_dir: Path) -> list[str]:
+    return ["hydra/launcher=kubernetes", f"hydra.launcher.api_server={api_server}", "hydra.launcher.verify_ssl=false",
+            f"hydra.launcher.namespace={NAMESPACE}", "hydra.launcher.api_backoff_s=0.05", f"hydra.sweep.dir={sweep_dir}"]
+
+
 def sweep_command(api_server: str, sweep_dir: Path, *overrides: str, model: Sequence[str] = TINY_MODEL) -> list[str]:
-    return [sys.executable, "-m", "apps.burned_area", "-m", "hydra/launcher=kubernetes",
-            f"hydra.launcher.api_server={api_server}", "hydra.launcher.verify_ssl=false",
-            f"hydra.launcher.namespace={NAMESPACE}", "hydra.launcher.api_backoff_s=0.05",
-            f"hydra.sweep.dir={sweep_dir}", *model, "epochs=1", *overrides]
+    return [sys.executable, "-m", "apps.burned_area", "-m", *launcher_overrides(api_server, sweep_dir), *model,
+            "epochs=1", *overrides]
 
 
 def run_sweep(api_server: str, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -121,6 +124,18 @@ def test_multi_node_point_trains_on_two_pods_that_meet_through_the_headless_serv
     assert sorted(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"] for pod in pods) == ["0", "1"]
     assert all(pod["status"]["phase"] == "Succeeded" for pod in pods)
     assert standin.request_counts["create"] == 2 and standin.services == {}  # the Job and its Service
+
+
+def test_data_prep_stage_fans_out_one_job_per_scene(standin, synthetic_scenes, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "data_prep.burned_area", "-m",
+                           *launcher_overrides(standin.url, tmp_path / "sweep"), "stage=normalize",
+                           "scene=scene_01,scene_03", f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={out}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.parent.name for p in out.glob("work/*/normalized.tif")) == ["scene_01", "scene_03"]
+    assert standin.outcomes == {"Complete": 2}
+    assert {job["metadata"]["labels"]["geoscale.io/app"] for job in standin.jobs.values()} == {"prep-burned-area"}
 
 
 def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):
