@@ -11,6 +11,8 @@ from typing import Any, Callable, NoReturn
 import conf
 
 CONF_DIR = str(Path(conf.__file__).resolve().parent)
+INTERRUPTED_EXIT_CODE = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
 
 
 def exit_with_error(message: Any) -> NoReturn:
@@ -26,7 +28,8 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
 
     Bad input (an ``InputError`` raised by the task, even wrapped by a library) and bad configuration
     (a misspelled override or group choice, a missing value) print one line ``error: ...`` on stderr
-    and exit with CONFIG_ERROR_EXIT_CODE; any other exception is a bug and keeps its traceback.
+    and exit with CONFIG_ERROR_EXIT_CODE; Ctrl-C prints ``interrupted`` and exits with 130; any other
+    exception is a bug and keeps its traceback.
     """
     import hydra
     from hydra.errors import HydraException
@@ -53,3 +56,6 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
         main()
     except (HydraException, OmegaConfBaseException) as exc:
         exit_with_error(input_error_cause(exc) or exc)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT_CODE)

@@ -7,6 +7,7 @@ multi-node points), list of pods and their logs.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from ._progress import ProgressView
 
 if TYPE_CHECKING:
     from .launcher import SweepPoint
+
+log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 POD_LOG = "pod.log"
@@ -99,6 +102,7 @@ class SweepRun:
                     self._time_out(timeout)
         except KeyboardInterrupt:
             self.delete_all()
+            log.warning("Interrupted: deleted the %d Jobs this sweep created", len(self.created))
             raise
         finally:
             self._delete_services()
