@@ -147,6 +147,23 @@ def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):
     assert standin.request_counts["create"] == 2 and standin.jobs == {} and standin.pods == {}
 
 
+def test_job_deleted_by_someone_else_comes_back_failed(tmp_path):
+    with KubeStandIn(workdir=tmp_path, instant_pods=True) as server:
+        server.faults.hold_pending = lambda job: job["metadata"]["labels"]["geoscale.io/job"] == "0"
+        process = subprocess.Popen(sweep_command(server.url, tmp_path / "sweep", "lr=1e-3,1e-2"), cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_until(lambda: server.outcomes["Complete"] == 1 and server.request_counts["watch"], 60,
+                       "point 1 complete, point 0 pending, followed by watch")
+            [held] = [name for name, job in server.jobs.items() if job["metadata"]["labels"]["geoscale.io/job"] == "0"]
+            server.delete("jobs", NAMESPACE, held, "Background")  # kubectl delete job, from another terminal
+            _, stderr = process.communicate(timeout=60)
+        finally:
+            process.kill()
+    assert process.returncode != 0
+    assert f"Job {held} was deleted before it finished" in stderr
+
+
 def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,

@@ -148,9 +148,12 @@ class SweepRun:
 
     def _follow(self, deadline: float | None) -> None:
         """List the sweep's Jobs, then watch them until the watch times out, breaks or all are done."""
+        expected = set(self.active)  # not those that observing the list submits
         listed = self._call(self.batch.list_namespaced_job, self.namespace, label_selector=self.selector)
         for job in listed.items:
             self._observe(job)
+        for name in expected - {job.metadata.name for job in listed.items}:
+            self._gone(name)
         if not self.active:
             return
         timeout = self.settings["watch_timeout_s"]
@@ -160,7 +163,10 @@ class SweepRun:
         try:
             for event in stream.stream(self.batch.list_namespaced_job, self.namespace, label_selector=self.selector,
                                        resource_version=listed.metadata.resource_version, timeout_seconds=timeout):
-                self._observe(event["object"])
+                if event["type"] == "DELETED":
+                    self._gone(event["object"].metadata.name)
+                else:
+                    self._observe(event["object"])
                 if not self.active or (deadline is not None and time.monotonic() >= deadline):
                     stream.stop()
         except ApiException as error:  # 410 Gone and transient errors: re-list for a fresh resourceVersion
@@ -189,6 +195,15 @@ class SweepRun:
         del self.active[point.name]
         self.outcomes[point.num] = outcome
         self.progress.update(point.name, "Complete" if outcome.completed else "Failed", retries=retries)
+        self._refill()
+
+    def _gone(self, name: str) -> None:
+        """A Job of this sweep that is no longer there: deleted by someone else (or its TTL) before it finished."""
+        point = self.active.pop(name, None)
+        if point is None:
+            return
+        self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {name} was deleted before it finished")
+        self.progress.update(name, "Deleted")
         self._refill()
 
     def _pods(self, point: SweepPoint) -> list[client.V1Pod]:
