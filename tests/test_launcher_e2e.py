@@ -164,6 +164,19 @@ def test_job_deleted_by_someone_else_comes_back_failed(tmp_path):
     assert f"Job {held} was deleted before it finished" in stderr
 
 
+def test_pod_stuck_on_a_bad_image_fails_its_point_after_the_grace_time(tmp_path):
+    with KubeStandIn(workdir=tmp_path, instant_pods=True) as server:
+        server.faults.stuck_waiting = lambda job: "ImagePullBackOff" if job["metadata"]["labels"]["geoscale.io/job"] == "0" else None
+        proc = subprocess.run(sweep_command(server.url, tmp_path / "sweep", "hydra.launcher.watch_timeout_s=1",
+                                            "hydra.launcher.stuck_pod_grace_s=1", "lr=1e-3,1e-2"),
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        [reason] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert "ImagePullBackOff (injected: ImagePullBackOff)" in reason and reason.endswith("deleted")
+        assert server.outcomes["Complete"] == 1
+        assert [job["metadata"]["labels"]["geoscale.io/job"] for job in server.jobs.values()] == ["1"]
+
+
 def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,

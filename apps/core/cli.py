@@ -28,14 +28,16 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
 
     Bad input (an ``InputError`` raised by the task, even wrapped by a library) and bad configuration
     (a misspelled override or group choice, a missing value) print one line ``error: ...`` on stderr
-    and exit with CONFIG_ERROR_EXIT_CODE; Ctrl-C prints ``interrupted`` and exits with 130; any other
-    exception is a bug and keeps its traceback.
+    and exit with CONFIG_ERROR_EXIT_CODE; a sweep point that failed on a cluster is one line and exit
+    code 1; Ctrl-C prints ``interrupted`` and exits with 130; any other exception is a bug and keeps
+    its traceback.
     """
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from apps.core.config import input_error_cause, register_resolvers
+    from apps.core.errors import RemoteRunFailed, one_line
 
     @functools.wraps(task_function)
     def guarded_task(cfg: Any) -> Any:
@@ -56,6 +58,9 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
         main()
     except (HydraException, OmegaConfBaseException) as exc:
         exit_with_error(input_error_cause(exc) or exc)
+    except RemoteRunFailed as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)

@@ -13,6 +13,14 @@ class InputError(Exception):
     """
 
 
+class RemoteRunFailed(RuntimeError):
+    """A run that failed elsewhere (a sweep point's pod): the message says why and where its log is.
+
+    The command prints it as one line and exits with 1: the traceback would be the launcher's, not
+    the run's.
+    """
+
+
 def one_line(message: object) -> str:
     """``message`` as text on one line: its non-empty lines, stripped and joined by spaces."""
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())

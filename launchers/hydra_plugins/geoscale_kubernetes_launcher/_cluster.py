@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = {429, 500, 502, 503, 504}
+STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError"}
+"""Reasons a container waits that need a person (a wrong image, a missing secret), not time."""
 POD_LOG = "pod.log"
 
 
@@ -88,6 +91,7 @@ class SweepRun:
         self.active: dict[str, SweepPoint] = {}
         self.pending: deque[SweepPoint] = deque(points)
         self.outcomes: dict[int, Outcome] = {}
+        self.stuck_since: dict[str, float] = {}  # pod name -> when it was first seen stuck
         self.reached = False
 
     def run(self) -> dict[int, Outcome]:
@@ -98,6 +102,8 @@ class SweepRun:
             self._refill()
             while self.active:
                 self._follow(deadline)
+                if self.active:
+                    self._check_pods()
                 if deadline is not None and time.monotonic() >= deadline and self.active:
                     self._time_out(timeout)
         except KeyboardInterrupt:
@@ -197,6 +203,31 @@ class SweepRun:
         self.progress.update(point.name, "Complete" if outcome.completed else "Failed", retries=retries)
         self._refill()
 
+    def _check_pods(self) -> None:
+        """One list of the sweep's pods: each waiting container's reason goes to the progress view, and a
+        point whose pod has waited on a STUCK_REASONS reason for ``stuck_pod_grace_s`` fails (Job deleted)."""
+        by_num = {str(point.num): point for point in self.active.values()}
+        now = time.monotonic()
+        for pod in self._call(self.core.list_namespaced_pod, self.namespace, label_selector=self.selector).items:
+            point = by_num.get((pod.metadata.labels or {}).get(JOB_LABEL))
+            waiting = _waiting_state(pod)
+            if point is None or waiting is None or point.name not in self.active:
+                self.stuck_since.pop(pod.metadata.name, None)
+                continue
+            self.progress.update(point.name, waiting.reason)
+            if waiting.reason not in STUCK_REASONS:
+                self.stuck_since.pop(pod.metadata.name, None)
+                continue
+            since = self.stuck_since.setdefault(pod.metadata.name, now)
+            if now - since >= self.settings["stuck_pod_grace_s"]:
+                del self.active[point.name]
+                self._delete(self.batch.delete_namespaced_job, point.name)
+                self.outcomes[point.num] = Outcome(completed=False, reason=(
+                    f"Job {point.name}: pod {pod.metadata.name} waited {now - since:.0f} s on {waiting.reason} "
+                    f"({waiting.message or 'no message'}); deleted"))
+                self.progress.update(point.name, "Failed")
+        self._refill()
+
     def _gone(self, name: str) -> None:
         """A Job of this sweep that is no longer there: deleted by someone else (or its TTL) before it finished."""
         point = self.active.pop(name, None)
@@ -272,6 +303,14 @@ class SweepRun:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+def _waiting_state(pod: client.V1Pod) -> client.V1ContainerStateWaiting | None:
+    """The main container's waiting state (reason, message), if it waits."""
+    for container in (pod.status.container_statuses or []) if pod.status else []:
+        if container.name == CONTAINER_NAME and container.state and container.state.waiting:
+            return container.state.waiting
+    return None
 
 
 def _exit_code(pod: client.V1Pod | None) -> int | None:

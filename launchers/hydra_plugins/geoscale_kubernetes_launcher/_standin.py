@@ -112,6 +112,8 @@ class Faults:
     watch_gone: int = 0  # the next N watches answer an ERROR event with a 410 Gone Status
     watch_close_after_s: float | None = None  # every watch stream ends after this many seconds
     hold_pending: Callable[[dict], bool] = lambda job: False  # jobs whose pods stay Pending forever
+    # jobs whose pods are scheduled but whose container waits forever with this reason (ErrImagePull, ...)
+    stuck_waiting: Callable[[dict], str | None] = lambda job: None
     answer_create_after_s: float = 0.0  # a create's object exists at once, its answer comes this much later
 
 
@@ -417,7 +419,7 @@ class KubeStandIn:
         spec = job["spec"]
         self._update_job_status(run, startTime=now_rfc3339(), active=0, ready=0, succeeded=0, failed=0)
         indexes = list(range(spec["completions"]))
-        if self.faults.hold_pending(job):
+        if self.faults.hold_pending(job) or self.faults.stuck_waiting(job):
             for index in indexes:
                 self._create_pod(run, job, index, phase="Pending")
             self._update_job_status(run, active=len(indexes))
@@ -462,6 +464,11 @@ class KubeStandIn:
             pod_spec.pop("nodeName")
             status["conditions"] = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                      "message": "0/1 nodes are available: insufficient resources."}]
+        elif phase == "Pending" and (reason := self.faults.stuck_waiting(job)):
+            container = pod_spec["containers"][0]
+            status["containerStatuses"] = [{
+                "name": container["name"], "image": container["image"], "imageID": "", "ready": False,
+                "restartCount": 0, "state": {"waiting": {"reason": reason, "message": f"injected: {reason}"}}}]
         pod = {"kind": "Pod", "apiVersion": "v1", "spec": pod_spec, "status": status,
                "metadata": {"name": name, "namespace": run.namespace, "uid": str(uuid.uuid4()),
                             "creationTimestamp": now_rfc3339(), "labels": labels, "annotations": annotations,

@@ -61,7 +61,10 @@ class KubernetesLauncherConf:
     dry_run: bool = False  # render manifests into <sweep_dir>/manifests/, touch no cluster
     max_in_flight: int = 16
     sweep_timeout_s: Optional[float] = None
-    watch_timeout_s: int = 60  # a watch is re-opened after this long without an event
+    watch_timeout_s: int = 60  # a watch is re-opened after this long; the sweep's pods are checked then
+    # A pod waiting this long on what does not cure itself (ErrImagePull, ImagePullBackOff, InvalidImageName,
+    # CreateContainerConfigError, CreateContainerError) fails its point, and its Job is deleted.
+    stuck_pod_grace_s: float = 300
     api_retries: int = 4  # transient API errors (429, 5xx, connection resets) retried this often
     api_backoff_s: float = 0.2  # first retry delay, doubled each time
     log_tail_lines: int = 200  # saved as <run dir>/pod.log

@@ -15,6 +15,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from apps.core.errors import RemoteRunFailed
+
 from .manifests import job_name, render_point, sweep_id
 
 log = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ LAUNCH_SUMMARY = "Kubernetes launcher:"
 """Starts the log line giving each batch's points and the launcher's own wall time."""
 
 
-class PointFailed(RuntimeError):
+class PointFailed(RemoteRunFailed):
     """A sweep point whose Job failed, was deleted or timed out."""
 
 
@@ -171,6 +173,8 @@ class KubernetesLauncher(Launcher):
             outcomes = SweepRun(self.settings, sweep, to_run, ProgressView()).run()
             for point in to_run:
                 outcome = outcomes[point.num]
+                if not outcome.completed:
+                    log.error("#%d failed: %s", point.num, outcome.reason)
                 returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
                                       else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
         log.info("%s %d points (%d launched) in %.2f s", LAUNCH_SUMMARY, len(points), len(to_run),
