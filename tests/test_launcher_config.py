@@ -187,3 +187,33 @@ def test_sweep_points_are_composed_once_and_returned_whole():
         assert OmegaConf.to_container(task, resolve=True) == OmegaConf.to_container(expected, resolve=True)
         assert task.model.arch == checked.model.arch == "unetplusplus"
         assert checked.hydra.job.name == "burned_area"
+
+
+def test_throttled_api_calls_wait_as_long_as_retry_after_asks(monkeypatch):
+    import io
+
+    from kubernetes.client.rest import ApiException
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.geoscale_kubernetes_launcher import _cluster
+    from hydra_plugins.geoscale_kubernetes_launcher._progress import ProgressView
+    from hydra_plugins.geoscale_kubernetes_launcher.config import KubernetesLauncherConf
+
+    settings = {**OmegaConf.to_container(OmegaConf.structured(KubernetesLauncherConf)),
+                "api_server": "http://127.0.0.1:9", "api_backoff_s": 0.1}
+    run = _cluster.SweepRun(settings, "sweep", [], ProgressView(io.StringIO()))
+    throttled = ApiException(status=429, reason="Too Many Requests")
+    throttled.headers = {"Retry-After": "3"}
+    answers = iter([throttled, ApiException(status=503, reason="Service Unavailable"), "created"])
+
+    def flaky_create():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    slept = []
+    monkeypatch.setattr(_cluster.time, "sleep", slept.append)
+    assert run._call(flaky_create) == "created"
+    assert slept == [3.0, 0.2]  # Retry-After, then the doubled backoff
+    run.api.close()

@@ -34,6 +34,7 @@ TRANSIENT_STATUS = {429, 500, 502, 503, 504}
 STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError"}
 """Reasons a container waits that need a person (a wrong image, a missing secret), not time."""
+MAX_RETRY_AFTER_S = 60.0
 POD_LOG = "pod.log"
 
 
@@ -116,8 +117,10 @@ class SweepRun:
         return self.outcomes
 
     def _call(self, function: Callable, *args: Any, retry_of: str | None = None, **kwargs: Any) -> Any:
-        """``function(*args, **kwargs)``, retrying 429, 5xx and connection errors with exponential backoff."""
+        """``function(*args, **kwargs)``, retrying 429, 5xx and connection errors with exponential backoff
+        (at least as long as a Retry-After header asks)."""
         for attempt in range(self.settings["api_retries"] + 1):
+            delay = self.settings["api_backoff_s"] * 2**attempt
             try:
                 result = function(*args, **kwargs)
                 self.reached = True
@@ -126,6 +129,7 @@ class SweepRun:
                 self.reached = True
                 if error.status not in TRANSIENT_STATUS or attempt == self.settings["api_retries"]:
                     raise
+                delay = max(delay, _retry_after_s(error))
             except (TransportError, ConnectionError) as error:
                 if attempt == self.settings["api_retries"]:
                     if not self.reached:
@@ -134,7 +138,7 @@ class SweepRun:
                     raise
             if retry_of:
                 self.progress.add_retry(retry_of)
-            time.sleep(self.settings["api_backoff_s"] * 2**attempt)
+            time.sleep(delay)
 
     def _refill(self) -> None:
         while self.pending and len(self.active) < self.settings["max_in_flight"]:
@@ -303,6 +307,15 @@ class SweepRun:
         except ApiException as error:
             if error.status != 404:
                 raise
+
+
+def _retry_after_s(error: ApiException) -> float:
+    """The delay in seconds a Retry-After header asks for (the API server's throttling sends one), else 0."""
+    value = (error.headers or {}).get("Retry-After", "")
+    try:
+        return min(float(value), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return 0.0
 
 
 def _waiting_state(pod: client.V1Pod) -> client.V1ContainerStateWaiting | None:
