@@ -138,6 +138,31 @@ def test_optuna_sweeper_gets_each_pod_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").glob("*/pod.log")) == ["pod.log"] * 4
 
 
+def test_sweep_on_a_volume_not_mounted_here_still_reads_like_a_local_one(tmp_path):
+    """The pods write their run dirs elsewhere (output_root_in_pod); the local sweep directory gets each
+    point's .hydra/ files and, from its pod's result line, its metrics record."""
+    from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+
+    def pod_result(job: dict) -> dict:
+        command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+        value = {1e-3: 0.8, 1e-4: 0.6}[float(next(arg for arg in command if arg.startswith("lr="))[3:])]
+        record = {"status": "completed", "objective": {"name": "test/iou", "mode": "max", "value": value},
+                  "metrics": {"test/iou": value, "test/f1": value + 0.1}, "facts": {"epochs": 3}}
+        return {"objective": "test/iou", "value": value, "record": record}
+
+    sweep = tmp_path / "sweep"
+    with KubeStandIn(workdir=tmp_path, instant_pods=True, result=pod_result) as server:
+        done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", "lr=1e-3,1e-4",
+                          "hydra.launcher.output_root_in_pod=/outputs/sweeps", f"hydra.launcher.api_server={server.url}",
+                          f"hydra.sweep.dir={sweep}", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text()) == ["lr=0.0001"]
+    assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["lr"] == 1e-3
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["metrics"]["test/f1"] == pytest.approx(0.7)
+    summary = (sweep / "summary.md").read_text()
+    assert summary.startswith("2 runs: 2 completed") and "0.8000" in summary and "0.6000" in summary
+
+
 def test_progress_view_writes_a_line_only_when_a_job_changes():
     import io
 
@@ -155,12 +180,12 @@ def test_progress_view_writes_a_line_only_when_a_job_changes():
     assert lines[-1].split()[:3] == ["job-0", "Complete", "node-a"] and lines[-1].endswith("retries 1")
 
 
-def test_result_value_is_the_last_result_line_of_a_log():
-    from hydra_plugins.geoscale_kubernetes_launcher._cluster import result_value
+def test_result_is_the_last_result_line_of_a_log():
+    from hydra_plugins.geoscale_kubernetes_launcher._cluster import read_result
 
     log = 'geoscale-result: {"objective": "x", "value": 0.1}\nnoise\ngeoscale-result: {"objective": "x", "value": 0.7}\nbye\n'
-    assert result_value(log) == 0.7
-    assert result_value("no result here\n") is None
+    assert read_result(log) == {"objective": "x", "value": 0.7}
+    assert read_result("no result here\n") is None
 
 
 def test_sweep_points_are_composed_once_and_returned_whole():

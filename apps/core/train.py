@@ -152,15 +152,17 @@ RESULT_MARKER = "geoscale-result:"
 def hydra_task(cfg: DictConfig) -> float:
     """The Hydra task function of every training app: train into Hydra's output directory.
 
-    Also prints ``geoscale-result: {"objective": ..., "value": ...}`` as the last line (from global
-    rank zero only), so a launcher that sees only the process's output (a pod log) gets the value
-    that a local sweeper gets.
+    Also prints ``geoscale-result: {"objective": ..., "value": ..., "record": <metrics.json>}`` as
+    the last line (from global rank zero only), so a launcher that sees only the process's output (a
+    pod log) gets the value that a local sweeper gets, and the run's record.
     """
     from hydra.core.hydra_config import HydraConfig
 
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-    value = train(cfg, HydraConfig.get().runtime.output_dir)
+    run_dir = HydraConfig.get().runtime.output_dir
+    value = train(cfg, run_dir)
     if getattr(rank_zero_only, "rank", 0) == 0:  # distributed runs: the global rank-zero process only
-        print(f"{RESULT_MARKER} {json.dumps({'objective': str(cfg.objective), 'value': value})}", flush=True)
+        result = {"objective": str(cfg.objective), "value": value, "record": read_completed(Path(run_dir))}
+        print(f"{RESULT_MARKER} {json.dumps(result, default=float)}", flush=True)
     return value

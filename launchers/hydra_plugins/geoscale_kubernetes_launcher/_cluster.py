@@ -49,6 +49,7 @@ class Outcome:
     completed: bool
     value: Any = None
     reason: str = ""
+    record: dict[str, Any] | None = None  # the run's metrics.json, when its pod printed it
 
 
 def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
@@ -70,11 +71,12 @@ def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def result_value(log: str) -> Any:
-    """The value of the last ``geoscale-result:`` line of a pod log, or None."""
+def read_result(log: str) -> dict[str, Any] | None:
+    """The payload of the last ``geoscale-result:`` line of a pod log (``objective``, ``value`` and,
+    from a training app, ``record``: its metrics.json), or None."""
     for line in reversed(log.splitlines()):
         if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])["value"]
+            return json.loads(line[len(RESULT_MARKER):])
     return None
 
 
@@ -267,7 +269,8 @@ class SweepRun:
         leader = [pod for pod in succeeded
                   if (pod.metadata.annotations or {}).get(COMPLETION_INDEX_ANNOTATION, "0") == "0"]
         log = self._save_log(point, (leader or succeeded or [None])[-1])
-        return Outcome(completed=True, value=result_value(log))
+        result = read_result(log) or {}
+        return Outcome(completed=True, value=result.get("value"), record=result.get("record"))
 
     def _failed(self, point: SweepPoint, condition: client.V1JobCondition) -> Outcome:
         pods = self._pods(point)

@@ -63,6 +63,25 @@ def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
         (manifest_dir / f"{point.name}.yaml").write_text(text)
 
 
+def save_hydra_files(point: SweepPoint) -> None:
+    """The point's ``.hydra/`` files in its local run dir, as Hydra writes them (config.yaml,
+    hydra.yaml, overrides.yaml), unless there already: with the metrics record that comes back
+    from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce)."""
+    from data_prep.chips import atomic_write_text
+
+    subdir = point.config.hydra.output_subdir
+    if subdir is None:
+        return
+    hydra_dir = point.run_dir / str(subdir)
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    files = {"config.yaml": lambda: OmegaConf.to_yaml(task_part(point.config)),
+             "hydra.yaml": lambda: OmegaConf.to_yaml(OmegaConf.masked_copy(point.config, "hydra")),
+             "overrides.yaml": lambda: OmegaConf.to_yaml(point.config.hydra.overrides.task)}
+    for name, text in files.items():
+        if not (hydra_dir / name).exists():
+            atomic_write_text(hydra_dir / name, text())
+
+
 def task_part(config: DictConfig) -> DictConfig:
     """``config`` without its hydra node. The new root takes over config's nodes instead of copying
     them (a deep copy per point was most of a 1,000-point dry run's launcher time); looked up from
@@ -138,7 +157,7 @@ class KubernetesLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from apps.core.runinfo import read_completed
+        from apps.core.runinfo import read_completed, write_metrics
 
         assert self.config is not None and self.hydra_context is not None
         began = time.perf_counter()
@@ -169,12 +188,16 @@ class KubernetesLauncher(Launcher):
             from ._cluster import SweepRun
             from ._progress import ProgressView
 
+            for point in to_run:
+                save_hydra_files(point)
             log.info("Launching %d Jobs in namespace %s (sweep %s)", len(to_run), self.settings["namespace"], sweep)
             outcomes = SweepRun(self.settings, sweep, to_run, ProgressView()).run()
             for point in to_run:
                 outcome = outcomes[point.num]
                 if not outcome.completed:
                     log.error("#%d failed: %s", point.num, outcome.reason)
+                elif outcome.record is not None and read_completed(point.run_dir) is None:
+                    write_metrics(point.run_dir, outcome.record)  # the pod's run dir is on a volume not mounted here
                 returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
                                       else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
         log.info("%s %d points (%d launched) in %.2f s", LAUNCH_SUMMARY, len(points), len(to_run),
