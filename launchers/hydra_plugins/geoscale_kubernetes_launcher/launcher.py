@@ -67,6 +67,8 @@ def save_hydra_files(point: SweepPoint) -> None:
     """The point's ``.hydra/`` files in its local run dir, as Hydra writes them (config.yaml,
     hydra.yaml, overrides.yaml), unless there already: with the metrics record that comes back
     from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce)."""
+    import yaml
+
     from data_prep.chips import atomic_write_text
 
     subdir = point.config.hydra.output_subdir
@@ -74,12 +76,14 @@ def save_hydra_files(point: SweepPoint) -> None:
         return
     hydra_dir = point.run_dir / str(subdir)
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    files = {"config.yaml": lambda: OmegaConf.to_yaml(task_part(point.config)),
-             "hydra.yaml": lambda: OmegaConf.to_yaml(OmegaConf.masked_copy(point.config, "hydra")),
-             "overrides.yaml": lambda: OmegaConf.to_yaml(point.config.hydra.overrides.task)}
-    for name, text in files.items():
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: several times OmegaConf.to_yaml's speed
+    config = point.config
+    files = {"config.yaml": lambda: OmegaConf.to_container(task_part(config), enum_to_str=True),
+             "hydra.yaml": lambda: {"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)},
+             "overrides.yaml": lambda: OmegaConf.to_container(config.hydra.overrides.task)}
+    for name, content in files.items():
         if not (hydra_dir / name).exists():
-            atomic_write_text(hydra_dir / name, text())
+            atomic_write_text(hydra_dir / name, yaml.dump(content(), Dumper=dumper, sort_keys=False))
 
 
 def task_part(config: DictConfig) -> DictConfig:
