@@ -279,9 +279,11 @@ class SweepRun:
         reason = f"Job {point.name} failed: {condition.reason or 'Failed'}"
         if condition.message:
             reason += f" ({condition.message})"
-        exit_code = _exit_code(pod)
-        if exit_code is not None:
-            reason += f"; exit code {exit_code}"
+        terminated = _terminated_state(pod)
+        if terminated is not None:
+            reason += f"; exit code {terminated.exit_code}"
+            if terminated.reason and terminated.reason != "Error":  # OOMKilled, DeadlineExceeded, ...
+                reason += f" ({terminated.reason})"
         return Outcome(completed=False, reason=f"{reason}; log tail in {point.run_dir / POD_LOG}")
 
     def _time_out(self, timeout: float) -> None:
@@ -329,9 +331,10 @@ def _waiting_state(pod: client.V1Pod) -> client.V1ContainerStateWaiting | None:
     return None
 
 
-def _exit_code(pod: client.V1Pod | None) -> int | None:
+def _terminated_state(pod: client.V1Pod | None) -> client.V1ContainerStateTerminated | None:
+    """The main container's terminated state (exit code, reason), if it ended."""
     statuses = (pod.status.container_statuses or []) if pod is not None and pod.status else []
     for container in statuses:
         if container.name == CONTAINER_NAME and container.state and container.state.terminated:
-            return container.state.terminated.exit_code
+            return container.state.terminated
     return None
