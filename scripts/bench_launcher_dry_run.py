@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from bench_launcher import app_startup_s, timed_sweep
 
-from hydra_plugins.geoscale_kubernetes_launcher.launcher import MANIFEST_DIR
+from hydra_plugins.geoscale_kubernetes_launcher.launcher import MANIFEST_DIR, YAML_DUMPER
 
 GRID = {"lr": [f"{v}e-4" for v in range(1, 11)], "batch_size": [str(v) for v in range(8, 18)],
         "seed": [str(v) for v in range(10)]}
@@ -41,10 +41,9 @@ def main() -> None:
         fixed = yaml.safe_load(written[0].read_text()) if written else {}
         baseline_dir = Path(tmp) / "baseline"
         baseline_dir.mkdir()
-        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
         began = time.perf_counter()
         for num in range(points):
-            (baseline_dir / f"{num}.yaml").write_text(yaml.dump(fixed, Dumper=dumper, sort_keys=False))
+            (baseline_dir / f"{num}.yaml").write_text(yaml.dump(fixed, Dumper=YAML_DUMPER, sort_keys=False))
         baseline_s = time.perf_counter() - began
 
     launcher = times.get("launcher_s", float("inf"))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import yaml
 from hydra.core.config_loader import ConfigLoader
 from hydra.core.object_type import ObjectType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -22,6 +23,8 @@ from .manifests import job_name, render_point, sweep_id
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "manifests"
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's dumper where PyYAML has it: several times the pure-Python one's speed, for large sweeps."""
 LAUNCH_SUMMARY = "Kubernetes launcher:"
 """Starts the log line giving each batch's points and the launcher's own wall time."""
 
@@ -54,12 +57,9 @@ def app_module(settings: dict[str, Any]) -> str:
 
 def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
     """Each point's manifests as one YAML file ``<manifest_dir>/<job name>.yaml``."""
-    import yaml
-
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
     manifest_dir.mkdir(parents=True, exist_ok=True)
     for point in points:
-        text = yaml.dump_all(point.manifests, Dumper=dumper, sort_keys=False)
+        text = yaml.dump_all(point.manifests, Dumper=YAML_DUMPER, sort_keys=False)
         (manifest_dir / f"{point.name}.yaml").write_text(text)
 
 
@@ -67,8 +67,6 @@ def save_hydra_files(point: SweepPoint) -> None:
     """The point's ``.hydra/`` files in its local run dir, as Hydra writes them (config.yaml,
     hydra.yaml, overrides.yaml), unless there already: with the metrics record that comes back
     from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce)."""
-    import yaml
-
     from data_prep.chips import atomic_write_text
 
     subdir = point.config.hydra.output_subdir
@@ -76,14 +74,13 @@ def save_hydra_files(point: SweepPoint) -> None:
         return
     hydra_dir = point.run_dir / str(subdir)
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: several times OmegaConf.to_yaml's speed
     config = point.config
     files = {"config.yaml": lambda: OmegaConf.to_container(task_part(config), enum_to_str=True),
              "hydra.yaml": lambda: {"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)},
              "overrides.yaml": lambda: OmegaConf.to_container(config.hydra.overrides.task)}
     for name, content in files.items():
         if not (hydra_dir / name).exists():
-            atomic_write_text(hydra_dir / name, yaml.dump(content(), Dumper=dumper, sort_keys=False))
+            atomic_write_text(hydra_dir / name, yaml.dump(content(), Dumper=YAML_DUMPER, sort_keys=False))
 
 
 def task_part(config: DictConfig) -> DictConfig:
