@@ -177,6 +177,19 @@ def test_pod_stuck_on_a_bad_image_fails_its_point_after_the_grace_time(tmp_path)
         assert [job["metadata"]["labels"]["geoscale.io/job"] for job in server.jobs.values()] == ["1"]
 
 
+def test_create_refused_midway_deletes_the_jobs_already_created(standin, tmp_path):
+    standin.faults.hold_pending = lambda job: True
+    standin.faults.forbid_creates_after = 2
+    proc = run_sweep(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [error] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: Kubernetes API server at {standin.url}: 403 Forbidden: jobs.batch is forbidden")
+    assert proc.stderr.strip().endswith(error)
+    # Three deletes: the refused create is deleted too, as a create whose answer was lost may have gone through.
+    assert standin.request_counts["create"] == 3 and standin.request_counts["delete"] == 3
+    assert standin.jobs == {} and standin.pods == {}
+
+
 def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,

@@ -42,6 +42,20 @@ class ClusterUnreachable(InputError, HydraException):
     """The API server cannot be reached: reported as one line by the app's CLI."""
 
 
+class ClusterRefused(InputError, HydraException):
+    """The API server refused a request that retrying will not fix (403 by RBAC, 422 by validation or
+    quota, ...): reported as one line by the app's CLI."""
+
+
+def describe_api_error(error: ApiException) -> str:
+    """``<status> <reason>: <the Status message>`` of an API error, on one line."""
+    try:
+        message = json.loads(error.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = str(error.body or "")
+    return one_line(f"{error.status} {error.reason}" + (f": {message}" if message else ""))
+
+
 @dataclass
 class Outcome:
     """How a point ended: its return value when it completed, the reason when not."""
@@ -98,7 +112,7 @@ class SweepRun:
         self.reached = False
 
     def run(self) -> dict[int, Outcome]:
-        """Every point's outcome, by job number. Ctrl-C deletes every Job created and re-raises."""
+        """Every point's outcome, by job number. Ctrl-C or an error deletes every Job created first."""
         timeout = self.settings["sweep_timeout_s"]
         deadline = time.monotonic() + timeout if timeout else None
         try:
@@ -109,9 +123,11 @@ class SweepRun:
                     self._check_pods()
                 if deadline is not None and time.monotonic() >= deadline and self.active:
                     self._time_out(timeout)
-        except KeyboardInterrupt:
-            self.delete_all()
-            log.warning("Interrupted: deleted the %d Jobs this sweep created", len(self.created))
+        except ApiException as error:
+            self._abandon("stopped by an API error")
+            raise ClusterRefused(f"Kubernetes API server at {self.host}: {describe_api_error(error)}") from None
+        except BaseException as error:  # Ctrl-C, and bugs: no Job is left running unattended
+            self._abandon("interrupted" if isinstance(error, KeyboardInterrupt) else "stopped by an error")
             raise
         finally:
             self._delete_services()
@@ -293,6 +309,17 @@ class SweepRun:
         self.delete_all()
         self.active.clear()
         self.pending.clear()
+
+    def _abandon(self, why: str) -> None:
+        """Delete every Job created so far as the sweep stops early; a failure to delete is logged, so
+        that the error that stopped the sweep is the one reported."""
+        try:
+            self.delete_all()
+        except Exception as error:  # noqa: BLE001 - reported, and the original error goes on
+            log.error("Sweep %s; deleting its Jobs failed: %s (kubectl delete jobs -l %s)", why, one_line(error),
+                      self.selector)
+        else:
+            log.warning("Sweep %s: deleted the %d Jobs it created", why, len(self.created))
 
     def delete_all(self) -> None:
         """Delete every Job this sweep created, with its pods."""

@@ -115,6 +115,7 @@ class Faults:
     # jobs whose pods are scheduled but whose container waits forever with this reason (ErrImagePull, ...)
     stuck_waiting: Callable[[dict], str | None] = lambda job: None
     answer_create_after_s: float = 0.0  # a create's object exists at once, its answer comes this much later
+    forbid_creates_after: int | None = None  # creates beyond this many answer 403 Forbidden (RBAC, quota)
 
 
 @dataclass
@@ -285,6 +286,9 @@ class KubeStandIn:
             if self.faults.fail_creates > 0:
                 self.faults.fail_creates -= 1
                 raise ApiError(500, "InternalError", "Internal error occurred: injected fault")
+            if self.faults.forbid_creates_after is not None and self.request_counts["create"] > self.faults.forbid_creates_after:
+                raise ApiError(403, "Forbidden", f'{resource}.batch is forbidden: User "system:serviceaccount:'
+                               f'{namespace}:geoscale-launcher" cannot create resource "{resource}": injected fault')
             kind, api_version = KINDS[resource]
             metadata = body.setdefault("metadata", {})
             if not metadata.get("name") and metadata.get("generateName"):
