@@ -171,8 +171,8 @@ def test_cli_prints_its_result_line(chips, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     marker, payload = proc.stdout.strip().splitlines()[-1].split(" ", 1)
     assert marker == "geoscale-result:"
-    saved = json.loads((tmp_path / "metrics.json").read_text())["objective"]
-    assert json.loads(payload) == {"objective": "test/iou", "value": saved["value"]}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert json.loads(payload) == {"objective": "test/iou", "value": saved["objective"]["value"], "record": saved}
 
 
 @pytest.mark.slow
