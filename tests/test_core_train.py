@@ -176,22 +176,25 @@ def test_cli_prints_its_result_line(chips, tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_two_processes_records_the_whole_test_split_once(chips, tmp_path):
+def test_ddp_on_two_processes_records_the_whole_test_split_once(tmp_path):
     from apps.reproduce.__main__ import evaluate, load_run
 
+    # 7 test chips (4 + 3 per process); 64 px, so a last training batch of one chip still has 2x2 pixels at BatchNorm.
+    odd_chips = make_chip_dataset(tmp_path / "chips", chips_per_scene=7, size=64)
+    run_dir = tmp_path / "run"
     # Full-depth encoder: DDP refuses a model whose unused stages (encoder_depth < 5) hold parameters.
     proc = run_module("apps.burned_area", "model.encoder=resnet18", "+model.decoder_channels=[16,16,8,8,8]",
-                      "batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false", f"data.root={chips}",
+                      "batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false", f"data.root={odd_chips}",
                       "epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
-                      f"hydra.run.dir={tmp_path}")
+                      f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result_line] = [line for line in proc.stdout.splitlines() if line.startswith("geoscale-result:")]
-    cfg, record = load_run(tmp_path)
+    cfg, record = load_run(run_dir)
     assert json.loads(result_line.split(" ", 1)[1])["value"] == record["objective"]["value"]
     assert record["facts"]["device_count"] == 2
-    assert len(json.loads((tmp_path / "provenance.json").read_text())) == 1
-    # Scores come from the confusion matrix summed over both processes: one process on the whole
-    # test split (8 chips, an even share each) gets the same.
-    single = evaluate(cfg, record, tmp_path)
+    assert len(json.loads((run_dir / "provenance.json").read_text())) == 1
+    # Scores come from the confusion matrix summed over both processes, each chip counted once:
+    # one process on the whole test split gets the same.
+    single = evaluate(cfg, record, run_dir)
     for name in ("test/iou", "test/f1", "test/accuracy"):
         assert single[name] == pytest.approx(record["metrics"][name], abs=1e-6)

@@ -7,7 +7,7 @@ from typing import Mapping
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from data_prep.chips import ChipDataset
 
@@ -91,8 +91,8 @@ class ChipDataModule(pl.LightningDataModule):
             if split not in self.splits:
                 self.splits[split] = ChipSplit(chips, split, self.images, self.label, self.augment and split == "train")
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle,
+    def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
+        return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
@@ -103,4 +103,14 @@ class ChipDataModule(pl.LightningDataModule):
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        """The test split; in a distributed run each process gets a disjoint share and no chip twice
+        (Lightning's own sampler would repeat up to world_size - 1 chips), so the test scores of the
+        summed confusion matrix are exactly those of one process on the whole split."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return self._loader("test", shuffle=False)
+        from pytorch_lightning.overrides.distributed import UnrepeatedDistributedSampler
+
+        sampler = UnrepeatedDistributedSampler(self.splits["test"], num_replicas=trainer.world_size,
+                                               rank=trainer.global_rank, shuffle=False)
+        return self._loader("test", shuffle=False, sampler=sampler)
