@@ -313,6 +313,8 @@ class SweepRun:
     def _abandon(self, why: str) -> None:
         """Delete every Job created so far as the sweep stops early; a failure to delete is logged, so
         that the error that stopped the sweep is the one reported."""
+        if not self.created:
+            return
         try:
             self.delete_all()
         except Exception as error:  # noqa: BLE001 - reported, and the original error goes on
