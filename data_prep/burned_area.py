@@ -8,7 +8,7 @@ Per scene: normalize (B04, B03, B02 stretched to uint8) -> label (polygons raste
 (normalized, TCI and mask chips); then split over all scenes writes the manifest and, last,
 ``dataset.json``. Layout of ``out_dir``::
 
-    dataset.json, manifest.csv          the chip dataset (data_prep.chips), written by split
+    dataset.json, manifest.csv          the chip dataset (apps.foundation.chips), written by split
     scenes/<scene>/*.npy, chips.json    chip arrays and kept chips of each scene
     work/<scene>/normalized.tif         normalized RGB, uint8, nodata 0
     work/<scene>/label.tif              mask, uint8 0/1, 255 nodata
@@ -30,7 +30,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from data_prep.chipping import ChipSettings, SceneChips, chip_scene, read_scene_chips
 from data_prep.geotiff import GeoTiffSettings, read_stamp, stamp_tags
 from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
@@ -265,7 +265,7 @@ def _hydra_task(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Command-line entry: bad input or config prints one line ``error: ...`` and exits 2."""
-    from apps.core.cli import run_hydra_app
+    from apps.foundation.cli import run_hydra_app
 
     run_hydra_app(_hydra_task, "prep_burned_area")
 

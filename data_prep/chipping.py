@@ -19,8 +19,8 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from apps.core.errors import InputError
-from data_prep.chips import IGNORE_INDEX, ChipRecord, scene_array_paths, scene_array_writer
+from apps.foundation.errors import InputError
+from apps.foundation.chips import IGNORE_INDEX, ChipRecord, scene_array_paths, scene_array_writer
 from data_prep.geotiff import in_gdal_env, open_raster, progress, reading
 from data_prep.label import BURNED, CLASSES, UNBURNED
 from data_prep.scenes import check_same_grid

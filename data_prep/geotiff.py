@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from tqdm import tqdm
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -124,19 +123,6 @@ def output_profile(
     if settings.compress:
         profile["compress"] = settings.compress
     return profile
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error remove it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_stamp(path: Path) -> dict | None:

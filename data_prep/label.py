@@ -21,10 +21,11 @@ from pyogrio.errors import DataLayerError, DataSourceError
 from rasterio.features import rasterize
 from rasterio.warp import transform_bounds
 
-from apps.core.errors import InputError
-from data_prep.chips import IGNORE_INDEX
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path
+from apps.foundation.chips import IGNORE_INDEX
 from data_prep.geotiff import (
-    GeoTiffSettings, atomic_output, first_line, in_gdal_env, open_raster, output_profile, progress, strip_windows,
+    GeoTiffSettings, first_line, in_gdal_env, open_raster, output_profile, progress, strip_windows,
 )
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ def label_raster(
             invalid = np.logical_or.reduce(src.read(window=window) == nodata, axis=0)
             mask[rows][invalid] = IGNORE_INDEX
         profile = output_profile(src, 1, "uint8", IGNORE_INDEX, gtiff)
-    with atomic_output(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+    with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
         dst.write(mask, 1)
         dst.update_tags(**(tags or {}))
     valid = np.count_nonzero(mask != IGNORE_INDEX)

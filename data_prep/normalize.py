@@ -16,9 +16,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import rasterio
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path
 from data_prep.geotiff import (
-    GeoTiffSettings, atomic_output, in_gdal_env, open_raster, output_profile, progress, reading, strip_windows,
+    GeoTiffSettings, in_gdal_env, open_raster, output_profile, progress, reading, strip_windows,
 )
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def normalize_bands(
     try:
         reference = sources[0]
         profile = output_profile(reference, len(names), "uint8", NODATA, gtiff)
-        with atomic_output(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
             windows = list(strip_windows(reference.width, reference.height, gtiff.strip_rows))
             for window in progress(windows, f"normalize {Path(out_path).name}", show_progress):
                 stack = np.empty((len(names), window.height, window.width), dtype=np.uint8)

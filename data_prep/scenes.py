@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from data_prep.geotiff import open_raster
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")

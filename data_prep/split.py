@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from apps.core.errors import InputError
-from data_prep.chips import SPLITS, write_dataset_index
+from apps.foundation.errors import InputError
+from apps.foundation.chips import SPLITS, write_dataset_index
 from data_prep.chipping import SceneChips
 
 log = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from shapely.geometry import Polygon, box
 
-from apps.core.errors import InputError
-from data_prep.geotiff import atomic_output, progress, strip_windows
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path
+from data_prep.geotiff import progress, strip_windows
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def write_scene(scene_dir: Path, spec: SceneSpec, features: SceneFeatures, bands
     Path(scene_dir).mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
         datasets = {
-            name: stack.enter_context(rasterio.open(stack.enter_context(atomic_output(path)), "w", **band_profile))
+            name: stack.enter_context(rasterio.open(stack.enter_context(atomic_path(path)), "w", **band_profile))
             for name, (path, band_profile) in outputs.items()
         }
         windows = list(strip_windows(spec.width, spec.height, STRIP_ROWS))
@@ -350,7 +351,7 @@ def _hydra_task(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Command-line entry: bad input or config prints one line ``error: ...`` and exits 2."""
-    from apps.core.cli import run_hydra_app
+    from apps.foundation.cli import run_hydra_app
 
     run_hydra_app(_hydra_task, "prep_synthetic")
 

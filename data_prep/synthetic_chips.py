@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.chips import ChipRecord, save_scene_arrays, write_dataset_index
+from apps.foundation.chips import ChipRecord, save_scene_arrays, write_dataset_index
 
 SCENE_SPLITS = {"scene_a": "train", "scene_b": "train", "scene_c": "val", "scene_d": "test"}
 

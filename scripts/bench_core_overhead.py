@@ -21,7 +21,7 @@ import torch
 from apps.core.config import build, compose_app_config
 from apps.core.data import ChipSplit
 from apps.core.train import build_trainer
-from data_prep.chips import ChipDataset
+from apps.foundation.chips import ChipDataset
 from data_prep.synthetic_chips import make_chip_dataset
 
 

@@ -46,7 +46,7 @@ def synthetic_scenes(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def burned_area_chips(tmp_path_factory, synthetic_scenes) -> Path:
-    """A complete burned-area chip dataset (data_prep.chips layout) prepared from ``synthetic_scenes``
+    """A complete burned-area chip dataset (apps.foundation.chips layout) prepared from ``synthetic_scenes``
     with 64 px chips: arrays ``normalized``, ``tci`` (N, 3, 64, 64) and ``mask`` (N, 64, 64). Read-only."""
     from data_prep.burned_area import PrepConfig, prepare
     from data_prep.chipping import ChipSettings

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from apps.core.cli import CONF_DIR  # noqa: F401  (re-exported for tests)
+from apps.foundation.cli import CONF_DIR  # noqa: F401  (re-exported for tests)
 from apps.core.config import compose_app_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,8 +13,8 @@ from coretools import CONF_DIR, compose_config, run_module
 
 def group_options(group: str, app: str = "burned_area") -> list[str]:
     root = Path(CONF_DIR)
-    folder = root / group if (root / group).is_dir() else root / app / group
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    folders = [root / group, root / app / group, root / "segmentation" / group]
+    return sorted(p.stem for folder in folders for p in folder.glob("*.yaml"))
 
 
 def test_top_level_study_names():
@@ -120,8 +120,8 @@ def test_run_directories_never_collide():
             "from hydra import compose, initialize_config_dir\n"
             "from hydra.core.hydra_config import HydraConfig\n"
             "from omegaconf import OmegaConf\n"
-            "from apps.core.cli import CONF_DIR\n"
-            "from apps.core.config import register_resolvers\n"
+            "from apps.foundation.cli import CONF_DIR\n"
+            "from apps.foundation.cli import register_resolvers\n"
             "register_resolvers()\n"
             "with initialize_config_dir(config_dir=CONF_DIR, version_base='1.3'):\n"
             "    cfg = compose('burned_area', return_hydra_config=True)\n"

@@ -15,7 +15,7 @@ import pytest
 from data_prep.synthetic_chips import make_chip_dataset
 from coretools import REPO, TINY_MODEL, compose_config, run_module
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from apps.core.train import train
 
 

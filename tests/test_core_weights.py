@@ -8,7 +8,7 @@ import torch
 from coretools import TINY_MODEL, compose_config, run_module
 
 from apps.core.config import build as instantiate
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 
 
 def resnet18_classifier_weights(path):

@@ -17,10 +17,10 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from conftest import TINY_CHIP
 from data_prep.burned_area import PrepConfig, prepare
-from data_prep.chips import ChipDataset
+from apps.foundation.chips import ChipDataset
 from data_prep.chipping import ChipSettings
 
 CLI_CHIP = [f"chip.{key}={value}" for key, value in TINY_CHIP.items()]

@@ -10,9 +10,9 @@ import rasterio
 from rasterio import Affine
 from rasterio.windows import Window
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
-from data_prep.chips import IGNORE_INDEX
+from apps.foundation.chips import IGNORE_INDEX
 from data_prep.chipping import (
     ChipSettings, chip_scene, read_scene_chips, scan_windows, select_windows, window_offsets,
 )

@@ -11,9 +11,9 @@ import rasterio
 from rasterio import Affine
 from shapely.geometry import LineString, Point, box
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
-from data_prep.chips import IGNORE_INDEX
+from apps.foundation.chips import IGNORE_INDEX
 from data_prep.label import LabelSettings, label_raster, read_polygons
 
 UTM = "EPSG:32610"

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from rasterio import Affine
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
 from data_prep.geotiff import GeoTiffSettings
 from data_prep.normalize import (

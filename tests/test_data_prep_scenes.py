@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from rasterio import Affine
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from conftest import write_geotiff
 from data_prep.scenes import find_scene, list_scene_folders, scene_name
 

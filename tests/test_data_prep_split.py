@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from apps.core.errors import InputError
-from data_prep.chips import SPLITS, ChipDataset, ChipRecord, save_scene_arrays
+from apps.foundation.errors import InputError
+from apps.foundation.chips import SPLITS, ChipDataset, ChipRecord, save_scene_arrays
 from data_prep.chipping import SceneChips
 from data_prep.split import SplitSettings, assign_splits, write_split_dataset
 

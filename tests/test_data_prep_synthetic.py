@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from rasterio.features import rasterize
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from data_prep.synthetic import generate_full_tile, generate_scenes
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from hydra import compose, initialize_config_dir
 
-from apps.core.config import register_resolvers
+from apps.foundation.cli import register_resolvers
 from coretools import CONF_DIR, run_module
 
 KUBERNETES_LAUNCHER = "hydra_plugins.geoscale_kubernetes_launcher.launcher.KubernetesLauncher"

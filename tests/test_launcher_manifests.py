@@ -113,7 +113,7 @@ def test_pods_run_locked_down():
 
 
 def test_failure_policy_fails_on_config_errors_and_ignores_disruptions():
-    from apps.core.errors import CONFIG_ERROR_EXIT_CODE
+    from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
 
     rules = render("single-gpu")[0]["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",

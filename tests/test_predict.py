@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from coretools import TINY_MODEL, compose_config, run_module
 
 from apps.burned_area.predict import coverage, main, output_paths, predict_scene, tent
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 
 TINY_NET = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 

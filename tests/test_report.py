@@ -14,7 +14,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from apps.core.report import SweepSummary, find_run_dirs, load_sweep, plot_sweep, to_csv, to_markdown
 from apps.report.__main__ import main
 

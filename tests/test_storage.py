@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from apps.core.storage import upload_run_dir
 
 BUCKET = "geoscale-runs"

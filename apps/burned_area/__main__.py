@@ -1,6 +1,6 @@
 """python -m apps.burned_area [overrides]: train burned-area segmentation (-m for a sweep)."""
 
-from apps.core.cli import run_hydra_app
+from apps.foundation.cli import run_hydra_app
 from apps.core.train import hydra_task
 
 

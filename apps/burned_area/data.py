@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from apps.core.data import ChipDataModule
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 
 INPUT_SETS = ("normalized", "tci")
 

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 from apps.core.segmentation import SegmentationTask
 from apps.core.task import plain
 from apps.core.weights import find_weights_file, load_encoder_weights

@@ -28,10 +28,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from apps.core.errors import InputError
-from data_prep.chips import IGNORE_INDEX
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path
+from apps.foundation.chips import IGNORE_INDEX
+from apps.foundation.rundir import resolve_checkpoint
 from data_prep.geotiff import (
-    GeoTiffSettings, atomic_output, first_line, in_gdal_env, open_raster, output_profile, progress, reading,
+    GeoTiffSettings, first_line, in_gdal_env, open_raster, output_profile, progress, reading,
 )
 
 NODATA = IGNORE_INDEX
@@ -100,7 +102,7 @@ def predict_scene(
             raise InputError(f"input image {image_path}: {src.count} band(s) of {src.dtypes[0]}, expected 3 of uint8")
         profile = output_profile(src, 2, "uint8", NODATA, GeoTiffSettings(compress="deflate"))
     # Reads are guarded one by one (not by open_raster), so that write errors keep their own words.
-    with rasterio.open(image_path) as src, atomic_output(tif_path) as tmp_tif:
+    with rasterio.open(image_path) as src, atomic_path(tif_path) as tmp_tif:
         with rasterio.open(tmp_tif, "w", **profile) as dst:
             valid, burned = _predict_raster(task, src, dst, chip_size, overlap, batch_size, threshold, device,
                                             show_progress)
@@ -109,7 +111,7 @@ def predict_scene(
                             chip_size=str(chip_size), overlap=str(overlap), **(tags or {}))
         if valid == 0:
             raise InputError(f"input image {image_path}: no valid pixels (every pixel is nodata)")
-        with atomic_output(geojson_path) as tmp_geojson:
+        with atomic_path(geojson_path) as tmp_geojson:
             burned_m2, polygons = write_burned_polygons(tmp_tif, tmp_geojson, min_area_m2)
     return {
         "tif": str(tif_path), "geojson": str(geojson_path),
@@ -212,24 +214,6 @@ def write_burned_polygons(prediction: Path, out_path: Path, min_area_m2: float) 
     return float(frame["area_m2"].sum()), len(kept)
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """The checkpoint to load: ``path`` itself, or for a run directory its best checkpoint (metrics.json)
-    or else ``checkpoints/last.ckpt``."""
-    from apps.core.runinfo import read_completed
-
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise InputError(f"checkpoint {path}: not found")
-    record = read_completed(path)
-    best = record["facts"].get("best_checkpoint") if record else None
-    for candidate in ([path / best] if best else []) + [path / "checkpoints" / "last.ckpt"]:
-        if candidate.is_file():
-            return candidate
-    raise InputError(f"run directory {path}: no best checkpoint in metrics.json and no checkpoints/last.ckpt")
-
-
 def load_task(path: Path, device: str):
     """The BurnedAreaTask stored in checkpoint ``path``, on ``device``."""
     from apps.burned_area.model import BurnedAreaTask
@@ -313,7 +297,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: prints a summary line and a JSON line; bad input prints ``error: ...``, exits 2."""
-    from apps.core.cli import exit_with_error
+    from apps.foundation.cli import exit_with_error
 
     args = parse_args(argv)
     try:

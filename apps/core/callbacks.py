@@ -9,6 +9,9 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 
+from apps.foundation.files import atomic_path
+from apps.foundation.rundir import TEST_FIGURE
+
 
 class RunClock(pl.Callback):
     """Training wall time that survives a resume: the time spent before the last checkpoint is
@@ -40,7 +43,7 @@ class TestExamplesFigure(pl.Callback):
     one column per panel (for example image, ground truth, prediction).
     """
 
-    def __init__(self, num_examples: int = 6, filename: str = "test_examples.png") -> None:
+    def __init__(self, num_examples: int = 6, filename: str = TEST_FIGURE) -> None:
         self.num_examples = num_examples
         self.filename = filename
         self._panels: dict[str, list[np.ndarray]] = {}
@@ -84,7 +87,6 @@ class TestExamplesFigure(pl.Callback):
                     ax.set_title(name)
         fig.tight_layout()
         path = Path(trainer.default_root_dir) / self.filename
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=80)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=80)
         plt.close(fig)
-        tmp.replace(path)

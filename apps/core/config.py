@@ -1,34 +1,10 @@
-"""OmegaConf resolvers that geoscale configs use."""
+"""Config helpers of the training core: instantiating config nodes and composing app configs."""
 
 from __future__ import annotations
 
-import uuid
-
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from apps.core.errors import InputError
-
-
-def register_resolvers() -> None:
-    """Register ``${uid:}``: a short random id, fixed for the process (cached like Hydra's ``now``).
-
-    Run and sweep directory names end with it, so two runs started in the same second never
-    share a directory; Hydra copies the resolver cache into every job of a sweep, so all jobs
-    agree on their sweep directory.
-    """
-    if not OmegaConf.has_resolver("uid"):
-        OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
-
-
-def input_error_cause(exc: BaseException) -> InputError | None:
-    """The InputError behind ``exc`` (itself, or one that a library wrapped), if any."""
-    while exc is not None:
-        if isinstance(exc, InputError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+from apps.foundation.errors import input_error_cause
 
 
 def build(node: Any, **kwargs: Any) -> Any:
@@ -51,7 +27,7 @@ def compose_app_config(config_name: str, overrides: list[str] | tuple[str, ...] 
     function receives it but without the ``hydra`` node: for scripts and tests that drive the core."""
     from hydra import compose, initialize_config_dir
 
-    from apps.core.cli import CONF_DIR
+    from apps.foundation.cli import CONF_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

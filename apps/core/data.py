@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from data_prep.chips import ChipDataset
+from apps.foundation.chips import ChipDataset
 
 
 def random_dihedral(image: np.ndarray, label: np.ndarray, generator: torch.Generator | None = None):

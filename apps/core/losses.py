@@ -1,46 +1,41 @@
-"""Segmentation losses chosen by name in conf/loss/."""
+"""Pixel-wise losses that the segmentation configs (conf/segmentation/loss/) name by ``_target_``.
+
+Each loss config is a partial: the task completes it with its ``ignore_index``, so every loss
+leaves out the pixels without a label. Losses are called as ``loss(logits, target)`` with logits
+(B, C, H, W) and class targets (B, H, W) int64.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 
-class WeightedSum(nn.Module):
-    """A weighted sum of losses, each called as loss(logits, target)."""
+class CrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy with optional per-class weights (``class_weights``, one per class)."""
 
-    def __init__(self, losses: Mapping[str, nn.Module], weights: Mapping[str, float]) -> None:
+    def __init__(self, ignore_index: int, class_weights: Sequence[float] | None = None) -> None:
+        weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        super().__init__(weight=weight, ignore_index=ignore_index)
+
+
+class WeightedSum(nn.Module):
+    """``sum(weights[name] * loss(logits, target))`` over named losses, each built with ``ignore_index``."""
+
+    def __init__(self, ignore_index: int, losses: Mapping[str, Callable[..., nn.Module]],
+                 weights: Mapping[str, float]) -> None:
         super().__init__()
-        self.losses = nn.ModuleDict(losses)
-        self.weights = dict(weights)
+        self.losses = nn.ModuleDict({name: make(ignore_index=ignore_index) for name, make in losses.items()})
+        self.weights = {name: float(weights[name]) for name in self.losses}
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return sum(self.weights[name] * loss(logits, target) for name, loss in self.losses.items())
 
 
-def build_segmentation_loss(cfg: Mapping[str, Any], ignore_index: int) -> nn.Module:
-    """A loss over logits (B, C, H, W) and class targets (B, H, W), pixels at ``ignore_index`` left out.
+def build_loss(cfg: Mapping, ignore_index: int) -> nn.Module:
+    """The loss of config ``cfg`` (a partial ``_target_`` node) for targets with ``ignore_index``."""
+    from apps.core.config import build
 
-    ``cfg["name"]``: ``ce`` (cross-entropy), ``dice``, ``focal`` (``gamma``) or ``ce_dice``
-    (``ce_weight`` x cross-entropy + ``dice_weight`` x Dice).
-    """
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
-
-    name = cfg["name"]
-    if name == "ce":
-        return nn.CrossEntropyLoss(ignore_index=ignore_index)
-    if name == "dice":
-        return DiceLoss(mode="multiclass", ignore_index=ignore_index)
-    if name == "focal":
-        return FocalLoss(mode="multiclass", gamma=float(cfg.get("gamma", 2.0)), ignore_index=ignore_index)
-    if name == "ce_dice":
-        return WeightedSum(
-            {"ce": nn.CrossEntropyLoss(ignore_index=ignore_index),
-             "dice": DiceLoss(mode="multiclass", ignore_index=ignore_index)},
-            {"ce": float(cfg.get("ce_weight", 1.0)), "dice": float(cfg.get("dice_weight", 1.0))},
-        )
-    from apps.core.errors import InputError
-
-    raise InputError(f"loss.name={name!r}: unknown loss (expected ce, dice, focal or ce_dice)")
+    return build(dict(cfg))(ignore_index=ignore_index)

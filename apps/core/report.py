@@ -20,9 +20,9 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from apps.core.errors import InputError
-from apps.core.runinfo import read_completed
-from data_prep.chips import atomic_write_text
+from apps.foundation.errors import InputError
+from apps.foundation.rundir import read_completed
+from apps.foundation.files import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -14,10 +14,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from data_prep.chips import atomic_write_text
+from apps.foundation.files import atomic_write_text
+from apps.foundation.rundir import PROVENANCE_FILE
 
-METRICS_FILE = "metrics.json"
-PROVENANCE_FILE = "provenance.json"
 TRACKED_PACKAGES = (
     "geoscale", "torch", "torchvision", "pytorch-lightning", "torchmetrics", "hydra-core", "omegaconf",
     "segmentation-models-pytorch", "timm", "numpy", "rasterio", "mmdet", "mmengine", "mmcv",
@@ -83,22 +82,3 @@ def peak_memory() -> tuple[int, str]:
         return int(torch.cuda.max_memory_allocated()), "cuda_max_allocated"
     rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return int(rss_kib) * 1024, "process_rss"
-
-
-def read_completed(run_dir: Path) -> dict[str, Any] | None:
-    """The metrics record of a completed run, or None if the run has not completed."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return record if record.get("status") == "completed" else None
-
-
-def write_metrics(run_dir: Path, record: dict[str, Any]) -> Path:
-    """Write metrics.json atomically: readers see the complete record or none."""
-    path = Path(run_dir) / METRICS_FILE
-    atomic_write_text(path, json.dumps(record, indent=2, default=float))
-    return path

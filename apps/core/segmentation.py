@@ -8,11 +8,12 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from apps.core.losses import build_segmentation_loss
+from apps.core.losses import build_loss
 from apps.core.task import BaseTask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_LOSS = {"_target_": "apps.core.losses.CrossEntropy", "_partial_": True}
 
 
 def segmentation_scores(confusion: torch.Tensor, positive_class: int) -> dict[str, float]:
@@ -67,7 +68,7 @@ class SegmentationTask(BaseTask):
         self.class_names = list(class_names)
         self.positive_class = positive_class
         self.ignore_index = ignore_index
-        self.criterion = build_segmentation_loss(dict(loss or {"name": "ce"}), ignore_index)
+        self.criterion = build_loss(loss or DEFAULT_LOSS, ignore_index)
         self.register_buffer("input_mean", torch.tensor(input_mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("input_std", torch.tensor(input_std).view(1, -1, 1, 1), persistent=False)
         self.confusion = nn.ModuleDict({

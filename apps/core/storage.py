@@ -6,12 +6,9 @@ import fnmatch
 import os
 from pathlib import Path
 
-from apps.core.errors import InputError, one_line
-from apps.core.runinfo import METRICS_FILE
-
-#: Names of files being written atomically (``.metrics.json.tmp-1234``): never uploaded.
-TEMPORARY_FILE_PATTERN = ".*.tmp-*"
-
+from apps.foundation.errors import InputError, one_line
+from apps.foundation.files import TEMPORARY_NAME_PATTERN
+from apps.foundation.rundir import METRICS_FILE
 
 def upload_run_dir(
     run_dir: str | os.PathLike,
@@ -84,5 +81,5 @@ def _files_to_upload(run_dir: Path) -> list[Path]:
         Path(parent) / file_name
         for parent, _, file_names in os.walk(run_dir)
         for file_name in file_names
-        if not fnmatch.fnmatch(file_name, TEMPORARY_FILE_PATTERN)
+        if not fnmatch.fnmatch(file_name, TEMPORARY_NAME_PATTERN)
     ]

@@ -11,15 +11,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from apps.core.config import build
-from apps.core.errors import InputError
-from apps.core.runinfo import peak_memory, read_completed, record_provenance, write_metrics
-from data_prep.chips import atomic_write_text
+from apps.core.precision import AUTO, resolve_precision
+from apps.foundation.errors import InputError
+from apps.core.runinfo import peak_memory, record_provenance
+from apps.foundation.files import atomic_write_text
+from apps.foundation.rundir import (
+    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed, write_metrics,
+)
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.ckpt"
-UPLOAD_RECORD = "upload.json"
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None):
@@ -36,7 +36,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     callback_cfg = OmegaConf.to_container(cfg.callbacks, resolve=True)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
-        filename="best-epoch{epoch:03d}",
+        filename=BEST_CHECKPOINT_NAME,
         auto_insert_metric_name=False,
         save_last=True,
         save_top_k=1,
@@ -46,6 +46,8 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     callbacks = [checkpoint, clock, *(build(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
     logger = build(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
     trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", AUTO),
+                                                    trainer_kwargs.get("accelerator", "auto"))
     # Lightning's own use of a torch API that torch now deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
@@ -89,7 +91,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     trainer, checkpoint, clock = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
         record_provenance(run_dir)
-    last = run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+    last = run_dir / LAST_CHECKPOINT
     if last.is_file():
         log.info("resuming from %s", last)
     try:
@@ -118,6 +120,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "peak_memory_bytes": memory,
             "peak_memory_kind": memory_kind,
             **_device_facts(trainer),
+            "precision": str(trainer.precision),
             "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute() else best),
             "seed": int(cfg.seed),
         },
@@ -143,10 +146,6 @@ def _upload(cfg: DictConfig, run_dir: Path) -> None:
     url = upload_run_dir(run_dir, destination, options, relative_to=relative_to)
     atomic_write_text(run_dir / UPLOAD_RECORD, json.dumps({"uploaded_to": url}))
     log.info("copied %s to %s", run_dir, url)
-
-
-RESULT_MARKER = "geoscale-result:"
-"""Prefix of the stdout line that carries a run's result, read back by launchers from pod logs."""
 
 
 def hydra_task(cfg: DictConfig) -> float:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")

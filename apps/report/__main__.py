@@ -9,8 +9,8 @@ import argparse
 import sys
 
 from apps.core import report
-from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
-from data_prep.chips import atomic_write_text
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from apps.foundation.files import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

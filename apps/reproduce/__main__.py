@@ -13,18 +13,18 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from apps.core.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 
 
 def load_run(run_dir: Path):
     """(config, metrics record) of a completed run directory; InputError if it is not one."""
     from omegaconf import OmegaConf
 
-    from apps.core.runinfo import read_completed
+    from apps.foundation.rundir import CONFIG_FILE, read_completed
 
-    config_path = run_dir / ".hydra" / "config.yaml"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise InputError(f"run directory {run_dir}: no .hydra/config.yaml (not a geoscale run directory)")
+        raise InputError(f"run directory {run_dir}: no {CONFIG_FILE} (not a geoscale run directory)")
     record = read_completed(run_dir)
     if record is None:
         raise InputError(f"run directory {run_dir}: no completed metrics.json (the run did not finish)")
@@ -37,6 +37,7 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from apps.core.config import build
+    from apps.core.precision import AUTO, resolve_precision
 
     checkpoint = run_dir / record["facts"]["best_checkpoint"]
     if not checkpoint.is_file():
@@ -47,7 +48,8 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     datamodule = build(cfg.data)
     task = build(cfg.task)
     trainer_cfg = cfg.trainer
-    trainer = pl.Trainer(accelerator=trainer_cfg.accelerator, devices=1, precision=trainer_cfg.precision,
+    precision = resolve_precision(trainer_cfg.get("precision", AUTO), trainer_cfg.accelerator)
+    trainer = pl.Trainer(accelerator=trainer_cfg.accelerator, devices=1, precision=precision,
                          deterministic=trainer_cfg.deterministic, logger=False, enable_progress_bar=False,
                          default_root_dir=str(run_dir / "reevaluation"), enable_checkpointing=False)
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
@@ -58,8 +60,8 @@ def retrain(cfg, out_dir: Path, source: Path) -> dict[str, float]:
     """Train the saved config again into ``out_dir``; returns the new run's metrics."""
     from omegaconf import OmegaConf
 
-    from apps.core.runinfo import read_completed
     from apps.core.train import train
+    from apps.foundation.rundir import read_completed
 
     (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml")
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where a re-training writes its run (default: beside RUN_DIR)")
     args = parser.parse_args(argv)
     try:
-        from apps.core.config import register_resolvers
+        from apps.foundation.cli import register_resolvers
 
         register_resolvers()
         cfg, record = load_run(args.run_dir)

@@ -19,8 +19,8 @@ from kubernetes.client.rest import ApiException
 from kubernetes.config import ConfigException, load_incluster_config, load_kube_config
 from urllib3.exceptions import HTTPError as TransportError
 
-from apps.core.errors import InputError, one_line
-from apps.core.train import RESULT_MARKER
+from apps.foundation.errors import InputError, one_line
+from apps.foundation.rundir import POD_LOG, RESULT_MARKER
 
 from .manifests import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME, JOB_LABEL, SWEEP_LABEL
 from ._progress import ProgressView
@@ -35,7 +35,6 @@ STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "Create
                  "CreateContainerError"}
 """Reasons a container waits that need a person (a wrong image, a missing secret), not time."""
 MAX_RETRY_AFTER_S = 60.0
-POD_LOG = "pod.log"
 
 
 class ClusterUnreachable(InputError, HydraException):

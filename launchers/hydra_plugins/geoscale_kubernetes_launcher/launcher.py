@@ -16,7 +16,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from apps.core.errors import RemoteRunFailed
+from apps.foundation.errors import RemoteRunFailed
 
 from .manifests import job_name, render_point, sweep_id
 
@@ -67,7 +67,7 @@ def save_hydra_files(point: SweepPoint) -> None:
     """The point's ``.hydra/`` files in its local run dir, as Hydra writes them (config.yaml,
     hydra.yaml, overrides.yaml), unless there already: with the metrics record that comes back
     from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce)."""
-    from data_prep.chips import atomic_write_text
+    from apps.foundation.files import atomic_write_text
 
     subdir = point.config.hydra.output_subdir
     if subdir is None:
@@ -158,7 +158,7 @@ class KubernetesLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from apps.core.runinfo import read_completed, write_metrics
+        from apps.foundation.rundir import read_completed, write_metrics
 
         assert self.config is not None and self.hydra_context is not None
         began = time.perf_counter()

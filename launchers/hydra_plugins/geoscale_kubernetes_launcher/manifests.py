@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any, Mapping, Sequence
 
-from apps.core.errors import CONFIG_ERROR_EXIT_CODE
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
 
 APP_LABEL = "geoscale.io/app"
 SWEEP_LABEL = "geoscale.io/sweep"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from apps.core.errors import InputError
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path, atomic_write_text
 
 FORMAT = "geoscale-chips/1"
 SPLITS = ("train", "val", "test")
@@ -59,14 +59,6 @@ class ChipRecord:
     transform: tuple[float, float, float, float, float, float]
     nodata_fraction: float
     class_fractions: dict[str, float] = field(default_factory=dict)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def scene_array_paths(scene: str, names: Iterable[str]) -> dict[str, str]:
@@ -124,22 +116,17 @@ def scene_array_writer(
     lengths = {name: shape[0] for name, shape in shapes.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"scene {scene}: chip arrays differ in length: {lengths}")
-    final = root / "scenes" / scene
-    tmp = root / "scenes" / f".{scene}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     writers: dict[str, ChipArrayWriter] = {}
-    try:
-        writers.update({name: ChipArrayWriter(tmp / f"{name}.npy", shape) for name, shape in shapes.items()})
-        yield writers, tmp
-        for writer in writers.values():
-            writer.finish()
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-    finally:
-        for writer in writers.values():
-            writer.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(root / "scenes" / scene) as tmp:
+        tmp.mkdir()
+        try:
+            writers.update({name: ChipArrayWriter(tmp / f"{name}.npy", shape) for name, shape in shapes.items()})
+            yield writers, tmp
+            for writer in writers.values():
+                writer.finish()
+        finally:
+            for writer in writers.values():
+                writer.close()
 
 
 def save_scene_arrays(root: Path, scene: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:
@@ -171,8 +158,7 @@ def write_dataset_index(
     """
     root = Path(root)
     fraction_cols = [f"fraction_{c}" for c in classes]
-    tmp = root / f".manifest.csv.tmp-{os.getpid()}"
-    with tmp.open("w", newline="") as fh:
+    with atomic_path(root / "manifest.csv") as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([*MANIFEST_COLUMNS, *fraction_cols])
         for r in records:
@@ -183,7 +169,6 @@ def write_dataset_index(
                 f"{r.nodata_fraction:.6f}",
                 *(f"{r.class_fractions.get(c, 0.0):.6f}" for c in classes),
             ])
-    os.replace(tmp, root / "manifest.csv")
     counts = {s: sum(1 for r in records if r.split == s) for s in SPLITS}
     index = {
         "format": FORMAT,

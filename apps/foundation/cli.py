@@ -1,26 +1,35 @@
-"""Running a geoscale Hydra app with one-line errors and a dedicated exit code for bad input."""
+"""Running a geoscale Hydra app with one-line errors and a dedicated exit code for bad input.
+
+Hydra and OmegaConf are imported when an app runs, not when this module is imported.
+"""
 
 from __future__ import annotations
 
 import functools
 import os
 import sys
+import uuid
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
 import conf
+from apps.foundation.errors import INTERRUPTED_EXIT_CODE, RemoteRunFailed, exit_with_error, input_error_cause, one_line
 
 CONF_DIR = str(Path(conf.__file__).resolve().parent)
-INTERRUPTED_EXIT_CODE = 130
-"""Exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+"""The config tree's root folder (``conf/``)."""
 
 
-def exit_with_error(message: Any) -> NoReturn:
-    """Print ``error: <message>`` as one line on stderr and exit with CONFIG_ERROR_EXIT_CODE."""
-    from apps.core.errors import CONFIG_ERROR_EXIT_CODE, one_line
+def register_resolvers() -> None:
+    """Register ``${uid:}``: a short random id, fixed for the process (cached like Hydra's ``now``).
 
-    print(f"error: {one_line(message)}", file=sys.stderr)
-    sys.exit(CONFIG_ERROR_EXIT_CODE)
+    Run and sweep directory names end with it, so two runs started in the same second never
+    share a directory; Hydra copies the resolver cache into every job of a sweep, so all jobs
+    agree on their sweep directory.
+    """
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("uid"):
+        OmegaConf.register_new_resolver("uid", lambda: uuid.uuid4().hex[:8], use_cache=True)
 
 
 def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None:
@@ -35,9 +44,6 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from apps.core.config import input_error_cause, register_resolvers
-    from apps.core.errors import RemoteRunFailed, one_line
 
     @functools.wraps(task_function)
     def guarded_task(cfg: Any) -> Any:

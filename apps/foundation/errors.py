@@ -1,8 +1,16 @@
 """Errors that geoscale reports to the user as one line, and the exit codes that go with them."""
 
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
 #: Exit code for bad input or configuration: retrying the same command cannot succeed.
 #: The Kubernetes launcher's podFailurePolicy fails a Job at once on this code.
 CONFIG_ERROR_EXIT_CODE = 2
+
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_CODE = 130
 
 
 class InputError(Exception):
@@ -24,3 +32,18 @@ class RemoteRunFailed(RuntimeError):
 def one_line(message: object) -> str:
     """``message`` as text on one line: its non-empty lines, stripped and joined by spaces."""
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def input_error_cause(exc: BaseException | None) -> InputError | None:
+    """The InputError behind ``exc`` (itself, or one that a library wrapped), if any."""
+    while exc is not None:
+        if isinstance(exc, InputError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def exit_with_error(message: object) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with CONFIG_ERROR_EXIT_CODE."""
+    print(f"error: {one_line(message)}", file=sys.stderr)
+    sys.exit(CONFIG_ERROR_EXIT_CODE)
