@@ -192,7 +192,7 @@ def _chip_record(scene: str, i: int, kept: ChipWindows, size: int, source: str, 
     chip_transform = transform @ rasterio.Affine.translation(col_off, row_off)
     fractions = {CLASSES[UNBURNED]: float(kept.unburned_fraction[i]), CLASSES[BURNED]: float(kept.burned_fraction[i])}
     return ChipRecord(
-        chip_id=f"{scene}_{i:05d}", split="", scene=scene, index=i, source=source,
+        chip_id=f"{scene}_{i:05d}", split="", scene=scene, index=i, sources=(source,),
         col_off=col_off, row_off=row_off, width=size, height=size, crs=crs,
         transform=tuple(chip_transform)[:6], nodata_fraction=float(kept.nodata_fraction[i]),
         class_fractions=fractions,
@@ -216,5 +216,5 @@ def read_scene_chips(out_root: Path, scene: str) -> SceneChips | None:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
-    records = [ChipRecord(**{**r, "transform": tuple(r["transform"])}) for r in data["chips"]]
+    records = [ChipRecord(**{**r, "transform": tuple(r["transform"]), "sources": tuple(r["sources"])}) for r in data["chips"]]
     return SceneChips(data["scene"], records, data["arrays"], data["windows_total"], data["stamp"])

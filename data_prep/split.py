@@ -94,7 +94,7 @@ def write_split_dataset(
     records = [replace(r, split=assignment[s.scene]) for s in usable for r in s.records]
     scene_index = {
         s.scene: {"split": assignment[s.scene], "chips": len(s.records), "windows": s.windows_total,
-                  "arrays": s.arrays, "source": s.records[0].source}
+                  "arrays": s.arrays, "sources": list(s.records[0].sources)}
         for s in usable
     }
     for split in SPLITS:

@@ -33,7 +33,7 @@ def make_chip_dataset(root: Path, chips_per_scene: int = 8, size: int = 32, seed
         for i in range(chips_per_scene):
             burned = float(masks[i].mean())
             records.append(ChipRecord(
-                chip_id=f"{scene}_{i:04d}", split=split, scene=scene, index=i, source=f"{scene}/B04.tif",
+                chip_id=f"{scene}_{i:04d}", split=split, scene=scene, index=i, sources=(f"{scene}/B04.tif",),
                 col_off=i * size, row_off=0, width=size, height=size, crs="EPSG:32610",
                 transform=(10.0, 0.0, 500000.0 + i * size * 10, 0.0, -10.0, 4200000.0),
                 nodata_fraction=0.0, class_fractions={"unburned": 1 - burned, "burned": burned}))

@@ -110,7 +110,7 @@ def test_chip_scene_stores_windows_of_every_array(tmp_path, scene_rasters):
         np.testing.assert_array_equal(mask[record.index], scene_rasters["mask"][window])
         assert record.class_fractions["burned"] == pytest.approx(np.mean(scene_rasters["mask"][window] == 1))
         assert 0.1 <= record.class_fractions["burned"] <= 0.9
-        assert (record.split, record.source, record.width, record.height) == ("", "src", 32, 32)
+        assert (record.split, record.sources, record.width, record.height) == ("", ("src",), 32, 32)
     stored = read_scene_chips(root, "s")
     assert stored.records == result.records and stored.stamp == {"k": 1}
 

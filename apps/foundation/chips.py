@@ -12,7 +12,12 @@ so a DataLoader worker touches only the chips it serves.
 
 Chips stay georeferenced: each manifest row holds the chip's pixel window in its source raster,
 the raster CRS (WKT) and the chip's own affine transform (a, b, c, d, e, f), so a prediction can
-be written back onto the map.
+be written back onto the map. ``sources`` (a JSON list) names every source product of the chip:
+both dates of a change-detection pair.
+
+``dataset.json`` describes each array name by ``kind``: ``image`` (channels, bands, and for a pair
+its ``date``), ``label`` (class indices), or ``boxes`` (for detection, ragged per chip). Which
+chips are kept and how they are split are settings of each app's prep, not of the contract.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ FORMAT = "geoscale-chips/1"
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255
 MANIFEST_COLUMNS = (
-    "chip_id", "split", "scene", "index", "source",
+    "chip_id", "split", "scene", "index", "sources",
     "col_off", "row_off", "width", "height",
     "crs", "a", "b", "c", "d", "e", "f",
     "nodata_fraction",
@@ -44,13 +49,17 @@ MANIFEST_COLUMNS = (
 
 @dataclass(frozen=True)
 class ChipRecord:
-    """One manifest row: where a chip came from and what it holds."""
+    """One manifest row: where a chip came from and what it holds.
+
+    ``scene`` names the chip arrays the chip is row ``index`` of; ``sources`` lists every source
+    product of the chip (one for a segmentation chip, the before and after products of a pair).
+    """
 
     chip_id: str
     split: str
     scene: str
     index: int
-    source: str
+    sources: tuple[str, ...]
     col_off: int
     row_off: int
     width: int
@@ -163,7 +172,7 @@ def write_dataset_index(
         writer.writerow([*MANIFEST_COLUMNS, *fraction_cols])
         for r in records:
             writer.writerow([
-                r.chip_id, r.split, r.scene, r.index, r.source,
+                r.chip_id, r.split, r.scene, r.index, json.dumps(list(r.sources)),
                 r.col_off, r.row_off, r.width, r.height,
                 r.crs, *(repr(float(v)) for v in r.transform),
                 f"{r.nodata_fraction:.6f}",
@@ -253,7 +262,7 @@ def _read_manifest(path: Path, classes: Iterable[str]) -> Iterable[ChipRecord]:
         for row in csv.DictReader(fh):
             yield ChipRecord(
                 chip_id=row["chip_id"], split=row["split"], scene=row["scene"], index=int(row["index"]),
-                source=row["source"], col_off=int(row["col_off"]), row_off=int(row["row_off"]),
+                sources=tuple(json.loads(row["sources"])), col_off=int(row["col_off"]), row_off=int(row["row_off"]),
                 width=int(row["width"]), height=int(row["height"]), crs=row["crs"],
                 transform=tuple(float(row[k]) for k in "abcdef"),
                 nodata_fraction=float(row["nodata_fraction"]),
