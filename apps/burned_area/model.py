@@ -52,6 +52,9 @@ class BurnedAreaTask(SegmentationTask):
     imagery the way the network was trained.
     """
 
+    #: The checkpoint's weights replace any pretrained encoder file.
+    CHECKPOINT_OVERRIDES = {"init": {"weights": None}}
+
     def __init__(
         self,
         model: Mapping[str, Any],

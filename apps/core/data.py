@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -28,19 +28,20 @@ def random_dihedral(image: np.ndarray, label: np.ndarray, generator: torch.Gener
 class ChipSplit(Dataset):
     """One split of a chip dataset as samples ``{key: tensor}``.
 
-    ``images`` maps sample key -> image array name (uint8 (C, H, W) -> float32 (C, H, W) in [0, 1]),
-    one tensor per key, so a change-detection sample can hold ``before`` and ``after``.
+    ``images`` maps sample key -> image array name, or a list of names stacked along channels
+    (uint8 (C, H, W) -> float32 (C, H, W) in [0, 1]), one tensor per key, so a change-detection
+    sample can hold ``before`` and ``after``, each of several band combinations.
     ``label`` names the label array (uint8 (H, W) -> int64 ``mask``).
     With ``augment`` every sample gets one random flip/rotation shared by its images and label.
     """
 
-    def __init__(self, chips: ChipDataset, split: str, images: Mapping[str, str], label: str = "mask",
-                 augment: bool = False) -> None:
-        for name in (*images.values(), label):
+    def __init__(self, chips: ChipDataset, split: str, images: Mapping[str, str | Sequence[str]],
+                 label: str = "mask", augment: bool = False) -> None:
+        self.images = {key: [names] if isinstance(names, str) else list(names) for key, names in images.items()}
+        for name in (*(n for names in self.images.values() for n in names), label):
             chips.require_array(name)
         self.chips = chips
         self.records = chips.split_records(split)
-        self.images = dict(images)
         self.label = label
         self.augment = augment
         self._arrays: dict[tuple[str, str], np.ndarray] = {}
@@ -57,13 +58,14 @@ class ChipSplit(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         record = self.records[i]
         label = np.array(self._array(record.scene, self.label)[record.index])  # copied out of the read-only map
-        stacked = np.concatenate([self._array(record.scene, name)[record.index] for name in self.images.values()])
+        arrays = [name for names in self.images.values() for name in names]
+        stacked = np.concatenate([self._array(record.scene, name)[record.index] for name in arrays])
         if self.augment:
             stacked, label = random_dihedral(stacked, label)
         sample = {"mask": torch.from_numpy(np.ascontiguousarray(label)).long()}
         start = 0
-        for key, name in self.images.items():
-            channels = self.chips.arrays[name]["channels"]
+        for key, names in self.images.items():
+            channels = sum(self.chips.arrays[name]["channels"] for name in names)
             part = np.ascontiguousarray(stacked[start:start + channels])
             sample[key] = torch.from_numpy(part).float().div_(255.0)
             start += channels
@@ -73,7 +75,7 @@ class ChipSplit(Dataset):
 class ChipDataModule(pl.LightningDataModule):
     """Train (augmented), val and test loaders over a chip dataset directory ``root``."""
 
-    def __init__(self, root: str, images: Mapping[str, str], batch_size: int = 8, num_workers: int = 2,
+    def __init__(self, root: str, images: Mapping[str, str | Sequence[str]], batch_size: int = 8, num_workers: int = 2,
                  augment: bool = True, label: str = "mask") -> None:
         super().__init__()
         self.root = root
@@ -83,6 +85,11 @@ class ChipDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.augment = augment
         self.splits: dict[str, ChipSplit] = {}
+
+    def preparation(self) -> dict:
+        """How the chip dataset was made: its ``dataset.json`` ``attrs`` and ``arrays``."""
+        chips = ChipDataset(self.root)
+        return {"attrs": chips.attrs, "arrays": chips.arrays}
 
     def setup(self, stage: str | None = None) -> None:
         chips = ChipDataset(self.root)

@@ -1,7 +1,8 @@
 """``trainer.precision=auto``: the fastest precision the hardware runs well.
 
-bf16-mixed on a GPU with bf16 support and on a CPU with AMX-BF16 (where oneDNN's AMX kernels make
-bf16 autocast 2-3.6x faster than fp32), 16-mixed on older GPUs, 32-true otherwise.
+bf16-mixed on a GPU with bf16 support and on a CPU with bf16 instructions (AMX-BF16 or AVX512-BF16,
+where oneDNN's bf16 kernels make autocast 2-3.6x faster than fp32; scripts/bench_changeformer.py),
+16-mixed on older GPUs, 32-true otherwise.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from pathlib import Path
 AUTO = "auto"
 
 
-def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True when the CPU flags list ``amx_bf16`` (Linux); False where that cannot be read."""
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The bf16 instruction sets (BF16_CPU_FLAGS) that the CPU flags list (Linux); none where unreadable."""
     try:
         with cpuinfo.open() as fh:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in fh)
+            flags = next((set(line.split()) for line in fh if line.startswith("flags")), set())
     except OSError:
-        return False
+        return []
+    return [flag for flag in BF16_CPU_FLAGS if flag in flags]
 
 
 def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
@@ -30,4 +35,4 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
     uses_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if uses_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_amx_bf16() else "32-true"
+    return "bf16-mixed" if cpu_bf16_flags() else "32-true"

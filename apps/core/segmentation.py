@@ -88,8 +88,12 @@ class SegmentationTask(BaseTask):
         """Images (B, 3, H, W) in [0, 1] to show beside the labels in the test figure."""
         return {"image": batch["image"][:, :3]}
 
+    def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The loss that training minimizes for a batch (the criterion on ``forward_batch``'s logits)."""
+        return self.criterion(self.forward_batch(batch), batch["mask"])
+
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self.criterion(self.forward_batch(batch), batch["mask"])
+        loss = self.training_loss(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=len(batch["mask"]))
         return loss

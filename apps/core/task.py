@@ -31,12 +31,28 @@ class BaseTask(pl.LightningModule):
     ``optimizer`` is a partial ``_target_`` config (conf/optimizer/*.yaml) completed with the
     trainable parameters; ``scheduler`` likewise (conf/scheduler/*.yaml), stepped once per epoch,
     or ``_target_: null`` for a constant learning rate.
+
+    A checkpoint names the task's class (``task_class``) and carries ``preparation``, how the training
+    dataset was made (its ``dataset.json`` attrs and arrays), so prediction loads any app's checkpoint
+    and prepares new imagery the same way.
     """
+
+    #: Hyperparameters replaced when a checkpoint is loaded for prediction (e.g. a pretrained-weights
+    #: file that only the start of training needs).
+    CHECKPOINT_OVERRIDES: dict[str, Any] = {}
 
     def __init__(self, optimizer: Mapping, scheduler: Mapping | None = None) -> None:
         super().__init__()
         self.optimizer_cfg = _as_dict(optimizer)
         self.scheduler_cfg = _as_dict(scheduler)
+        self.preparation: dict[str, Any] = {}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["task_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["preparation"] = self.preparation
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.preparation = checkpoint.get("preparation", {})
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]

@@ -88,6 +88,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
     task = build(cfg.task)
+    task.preparation = datamodule.preparation()
     trainer, checkpoint, clock = build_trainer(cfg, run_dir)
     if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
         record_provenance(run_dir)
