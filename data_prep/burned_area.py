@@ -22,7 +22,6 @@ complete while it is being changed.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +29,10 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from apps.foundation.chips import invalidate_dataset
 from apps.foundation.errors import InputError
 from data_prep.chipping import ChipSettings, SceneChips, chip_scene, read_scene_chips
-from data_prep.geotiff import GeoTiffSettings, read_stamp, stamp_tags
+from data_prep.geotiff import GeoTiffSettings, read_stamp, stage_stamp, stamp_tags
 from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
 from data_prep.normalize import NormalizeSettings, normalize_bands
 from data_prep.scenes import Scene, find_scene, list_scene_folders, scene_name
@@ -102,37 +102,16 @@ class PrepConfig:
         return arrays
 
 
-def _identity(path: Path) -> str:
-    """Path, size and modification time of an input file: changes when the file is replaced."""
-    path = Path(path)
-    try:
-        stat = path.stat()
-    except FileNotFoundError:
-        raise InputError(f"input file {path}: not found") from None
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-
-
-def _stamp(stage: str, settings: dict, inputs: dict[str, Path]) -> dict:
-    stamp = {"stage": stage, "settings": settings, "inputs": {k: _identity(p) for k, p in inputs.items()}}
-    return json.loads(json.dumps(stamp))
-
-
 def _require(path: Path, scene: str, stage: str) -> Path:
     if not path.is_file():
         raise InputError(f"scene {scene}: {path} missing (run stage={stage} for this scene first)")
     return path
 
 
-def invalidate_dataset(out_dir: Path) -> None:
-    """Remove ``dataset.json`` (and the manifest), marking the dataset incomplete while it changes."""
-    for name in ("dataset.json", "manifest.csv"):
-        (Path(out_dir) / name).unlink(missing_ok=True)
-
-
 def run_normalize(scene: Scene, config: PrepConfig) -> bool:
     """Normalize one scene unless its ``normalized.tif`` is up to date; True if it ran."""
     out = config.normalized_path(scene.name)
-    stamp = _stamp("normalize", {"bands": list(config.bands), **asdict(config.normalize)},
+    stamp = stage_stamp("normalize", {"bands": list(config.bands), **asdict(config.normalize)},
                    {band: scene.bands[band] for band in config.bands})
     if not config.force and read_stamp(out) == stamp:
         return False
@@ -153,7 +132,7 @@ def run_label(scene: Scene, config: PrepConfig) -> bool:
     polygons = _polygons(config)
     normalized = _require(config.normalized_path(scene.name), scene.name, "normalize")
     out = config.label_path(scene.name)
-    stamp = _stamp("label", asdict(config.label), {"polygons": polygons, "reference": normalized})
+    stamp = stage_stamp("label", asdict(config.label), {"polygons": polygons, "reference": normalized})
     if not config.force and read_stamp(out) == stamp:
         return False
     invalidate_dataset(config.out_dir)
@@ -173,7 +152,7 @@ def _chip_inputs(scene: Scene, config: PrepConfig) -> tuple[Path, dict[str, Path
 def run_chip(scene: Scene, config: PrepConfig) -> bool:
     """Chip one scene unless its stored chips are up to date; True if it ran."""
     label, images = _chip_inputs(scene, config)
-    stamp = _stamp("chip", asdict(config.chip), {"mask": label, **images})
+    stamp = stage_stamp("chip", asdict(config.chip), {"mask": label, **images})
     stored = read_scene_chips(config.out_dir, scene.name)
     if not config.force and stored is not None and stored.stamp == stamp:
         return False

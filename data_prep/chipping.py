@@ -179,7 +179,7 @@ def chip_scene(
             ]
             result = SceneChips(scene, records, scene_array_paths(scene, shapes), len(all_windows),
                                 dict(stamp) if stamp is not None else None)
-            (tmp_dir / SCENE_CHIPS_FILE).write_text(json.dumps(_to_json(result), indent=1))
+            write_scene_chips(tmp_dir, result)
     finally:
         for src in sources.values():
             src.close()
@@ -199,14 +199,16 @@ def _chip_record(scene: str, i: int, kept: ChipWindows, size: int, source: str, 
     )
 
 
-def _to_json(chips: SceneChips) -> dict:
-    return {
+def write_scene_chips(scene_dir: Path, chips: SceneChips) -> None:
+    """Write ``chips.json`` (the kept chips and how they were made) into a scene's chip directory."""
+    data = {
         "scene": chips.scene,
         "stamp": chips.stamp,
         "windows_total": chips.windows_total,
         "arrays": chips.arrays,
         "chips": [asdict(r) for r in chips.records],
     }
+    (Path(scene_dir) / SCENE_CHIPS_FILE).write_text(json.dumps(data, indent=1))
 
 
 def read_scene_chips(out_root: Path, scene: str) -> SceneChips | None:

@@ -140,3 +140,20 @@ def read_stamp(path: Path) -> dict | None:
 def stamp_tags(stamp: Mapping | None) -> dict[str, str]:
     """GeoTIFF tags that store ``stamp`` (none when ``stamp`` is None)."""
     return {STAMP_TAG: json.dumps(stamp, sort_keys=True)} if stamp is not None else {}
+
+
+def input_identity(path: Path) -> str:
+    """Path, size and modification time of an input file: changes when the file is replaced."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InputError(f"input file {path}: not found") from None
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def stage_stamp(stage: str, settings: dict, inputs: dict[str, Path]) -> dict:
+    """What a stage's output was made from: the stage, its settings and the identity of each input file;
+    an output whose stored stamp equals a fresh one is up to date."""
+    stamp = {"stage": stage, "settings": settings, "inputs": {k: input_identity(p) for k, p in inputs.items()}}
+    return json.loads(json.dumps(stamp))

@@ -36,6 +36,8 @@ from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 
 FORMAT = "geoscale-chips/1"
+INDEX_FILE = "dataset.json"
+MANIFEST_FILE = "manifest.csv"
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255
 MANIFEST_COLUMNS = (
@@ -167,7 +169,7 @@ def write_dataset_index(
     """
     root = Path(root)
     fraction_cols = [f"fraction_{c}" for c in classes]
-    with atomic_path(root / "manifest.csv") as tmp, tmp.open("w", newline="") as fh:
+    with atomic_path(root / MANIFEST_FILE) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([*MANIFEST_COLUMNS, *fraction_cols])
         for r in records:
@@ -188,9 +190,15 @@ def write_dataset_index(
         "scenes": {k: dict(v) for k, v in scenes.items()},
         "attrs": dict(attrs or {}),
     }
-    path = root / "dataset.json"
+    path = root / INDEX_FILE
     atomic_write_text(path, json.dumps(index, indent=2, default=str))
     return path
+
+
+def invalidate_dataset(out_dir: Path) -> None:
+    """Remove ``dataset.json`` (and the manifest), marking the dataset incomplete while it changes."""
+    for name in (INDEX_FILE, MANIFEST_FILE):
+        (Path(out_dir) / name).unlink(missing_ok=True)
 
 
 class ChipDataset:
@@ -202,7 +210,7 @@ class ChipDataset:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        index_path = self.root / "dataset.json"
+        index_path = self.root / INDEX_FILE
         if not self.root.is_dir():
             raise InputError(f"chip dataset {self.root}: directory not found (run data prep first)")
         if not index_path.is_file():
@@ -225,7 +233,7 @@ class ChipDataset:
     def records(self) -> list[ChipRecord]:
         """All manifest rows, in manifest order."""
         if self._records is None:
-            self._records = list(_read_manifest(self.root / "manifest.csv", self.classes))
+            self._records = list(_read_manifest(self.root / MANIFEST_FILE, self.classes))
         return self._records
 
     def split_records(self, split: str) -> list[ChipRecord]:

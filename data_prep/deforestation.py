@@ -1,0 +1,504 @@
+"""Deforestation change-detection prep: pairs of Sentinel-2 L2A products + PRODES polygons -> a chip dataset.
+
+    python -m data_prep.deforestation areas_dir=areas polygons=prodes.gpkg target_year=2021 out_dir=data/chips/deforestation
+    python -m data_prep.deforestation -m area=a,b,c stage=prepare areas_dir=... polygons=... target_year=2021 out_dir=...
+    python -m data_prep.deforestation stage=split areas_dir=... target_year=2021 out_dir=...
+
+Input: ``areas_dir`` holds one subfolder per area, each with two product folders (a ``.SAFE``
+product or a folder of band files B02, B03, B04, B08, SCL with ``MTD_MSIL2A.xml`` or a STAC item
+JSON; see ``data_prep.sentinel2``)::
+
+    areas_dir/<area>/before/    the earlier date (its 10 m grid is the area's grid)
+    areas_dir/<area>/after/     the later date, read onto that grid when it lies on another
+
+Per area: ``prepare`` reads both dates onto one grid, masks clouds, checks the sensing dates
+against the PRODES date window, writes each band combination stretched to uint8 (percentiles of
+both dates together) and the change mask; ``chip`` cuts the pair chips that pass the thresholds.
+Then ``split`` assigns chips to train/val/test by spatial blocks over all areas
+(``data_prep.spatial_split``), stores rotated copies of the train chips and writes the dataset.
+Layout of ``out_dir``::
+
+    dataset.json, manifest.csv            the chip dataset (apps.foundation.chips), written by split
+    scenes/<area>/*.npy, chips.json       chip arrays (before_<combo>, after_<combo>, mask) and records
+    scenes/<area>__rot/*.npy              rotated copies of the area's train chips, written by split
+    work/<area>/<date>_<combo>.tif        stretched band combination, uint8, nodata 0
+    work/<area>/label.tif                 mask: 0 no change, 1 change, 255 ignore
+    work/<area>/prepared.json             products, date window and percentiles; written last by prepare
+    logs/                                 Hydra logs of each run
+
+Outputs carry stamps as in ``data_prep.burned_area``: a re-run skips what is up to date, and any
+stage that rewrites something first removes ``dataset.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import rasterio
+from omegaconf import DictConfig, OmegaConf
+from rasterio.windows import Window
+
+from apps.foundation.chips import (
+    SPLITS, ChipRecord, invalidate_dataset, scene_array_paths, scene_array_writer, write_dataset_index,
+)
+from apps.foundation.errors import InputError
+from apps.foundation.files import atomic_path, atomic_write_text
+from data_prep.chipping import (
+    MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, read_scene_chips, scan_windows, write_scene_chips,
+)
+from data_prep.geotiff import GeoTiffSettings, in_gdal_env, open_raster, output_profile, stage_stamp, stamp_tags
+from data_prep.normalize import NODATA, NormalizeSettings
+from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
+from data_prep.sentinel2 import (
+    COMBINATIONS, Product, Sentinel2Settings, channel_percentiles, check_overlap, open_product, read_combinations,
+    stretch,
+)
+from data_prep.spatial_split import RasterWindows, split_windows
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "chip", "split", "all")
+AREA_STAGES = ("prepare", "chip")
+DATES = ("before", "after")
+ROTATIONS = (90, 180, 270)
+ROTATED_SUFFIX = "__rot"
+"""Scene ``<area>__rot`` holds the rotated copies of an area's train chips."""
+
+
+@dataclass(frozen=True)
+class PairChipSettings:
+    """Pair chips of ``size`` px, windows overlapping by ``overlap`` (fraction of ``size``); a chip is kept when
+    change covers at least ``min_change_fraction`` of it, no change some of it, and ignore at most ``max_ignore_fraction``."""
+
+    size: int = 256
+    overlap: float = 0.25
+    min_change_fraction: float = 0.1
+    max_ignore_fraction: float = 0.5
+
+    def __post_init__(self):
+        ChipSettings(size=self.size, overlap=self.overlap)
+        for name in ("min_change_fraction", "max_ignore_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"chip.{name}: must be in [0, 1], got {getattr(self, name)}")
+
+    def windows(self, mask: np.ndarray) -> ChipWindows:
+        """All sliding windows over ``mask`` (H, W) with their fractions (``burned_fraction`` = change)."""
+        return scan_windows(mask, ChipSettings(size=self.size, overlap=self.overlap))
+
+    def keep(self, windows: ChipWindows) -> np.ndarray:
+        """(N,) bool: the windows worth keeping."""
+        return ((windows.burned_fraction >= self.min_change_fraction) & (windows.unburned_fraction > 0)
+                & (windows.nodata_fraction <= self.max_ignore_fraction))
+
+
+@dataclass(frozen=True)
+class BlockSplitSettings:
+    """Shares of chips for val and test (the rest is train), assigned by square blocks of ``block_size_px``
+    (None: 4 x chip size) of all areas in one shuffle seeded by ``seed``."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    block_size_px: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise InputError(f"split: need 0 < val_fraction, test_fraction and their sum < 1, "
+                             f"got {self.val_fraction} and {self.test_fraction}")
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
+                "test": self.test_fraction}
+
+    def block_size(self, chip_size: int) -> int:
+        return int(self.block_size_px) if self.block_size_px is not None else 4 * chip_size
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Everything the prep needs, checked; built from the Hydra config by ``from_cfg``."""
+
+    out_dir: Path | str
+    areas_dir: Path | str | None = None
+    polygons: Path | str | None = None
+    target_year: int | None = None
+    bands: tuple[str, ...] = ("nirrg", "ndvi", "evi")
+    sentinel2: Sentinel2Settings = Sentinel2Settings()
+    stretch: NormalizeSettings = NormalizeSettings()
+    prodes: ProdesSettings = ProdesSettings()
+    chip: PairChipSettings = PairChipSettings()
+    augment_rotations: tuple[int, ...] = (90, 180)
+    split: BlockSplitSettings = BlockSplitSettings()
+    geotiff: GeoTiffSettings = GeoTiffSettings()
+    force: bool = False
+
+    def __post_init__(self):
+        for name in ("out_dir", "areas_dir", "polygons"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "augment_rotations", tuple(int(a) for a in self.augment_rotations))
+        unknown = [b for b in self.bands if b not in COMBINATIONS]
+        if unknown or not self.bands:
+            raise InputError(f"bands: unknown band combination(s) {', '.join(unknown) or '(none given)'} "
+                             f"(expected some of {', '.join(COMBINATIONS)})")
+        bad = [a for a in self.augment_rotations if a not in ROTATIONS]
+        if bad:
+            raise InputError(f"augment_rotations: {bad} not among {list(ROTATIONS)} degrees")
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> "PrepConfig":
+        return cls(
+            out_dir=cfg.out_dir, areas_dir=cfg.areas_dir, polygons=cfg.polygons,
+            target_year=None if cfg.target_year is None else int(cfg.target_year), bands=tuple(cfg.bands),
+            sentinel2=Sentinel2Settings(**cfg.sentinel2), stretch=NormalizeSettings(**cfg.stretch),
+            prodes=ProdesSettings(**cfg.prodes), chip=PairChipSettings(**cfg.chip),
+            augment_rotations=tuple(cfg.augment_rotations), split=BlockSplitSettings(**cfg.split),
+            geotiff=GeoTiffSettings(**cfg.geotiff), force=bool(cfg.force),
+        )
+
+    def work_dir(self, area: str) -> Path:
+        return self.out_dir / "work" / area
+
+    def image_paths(self, area: str) -> dict[str, Path]:
+        """Array name (``<date>_<combo>``) -> stretched image of the area."""
+        return {f"{d}_{c}": self.work_dir(area) / f"{d}_{c}.tif" for d in DATES for c in self.bands}
+
+    def label_path(self, area: str) -> Path:
+        return self.work_dir(area) / "label.tif"
+
+    def prepared_path(self, area: str) -> Path:
+        return self.work_dir(area) / "prepared.json"
+
+    def array_descriptions(self) -> dict[str, dict]:
+        """The dataset's ``arrays`` entry: what each chip array holds."""
+        arrays = {
+            f"{d}_{c}": {"kind": "image", "channels": len(COMBINATIONS[c]), "bands": list(COMBINATIONS[c]), "date": d,
+                         "combination": c, "nodata": NODATA}
+            for d in DATES for c in self.bands
+        }
+        arrays[MASK_ARRAY] = {"kind": "label"}
+        return arrays
+
+
+def _require_target_year(config: PrepConfig) -> int:
+    if config.target_year is None:
+        raise InputError("target_year: not set (target_year=<PRODES year of the changes, e.g. 2021>)")
+    return config.target_year
+
+
+def _read_prepared(config: PrepConfig, area: str) -> dict | None:
+    try:
+        return json.loads(config.prepared_path(area).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_tif(path: Path, data: np.ndarray, grid, nodata: int, config: PrepConfig, stamp: dict) -> None:
+    profile = output_profile(grid, data.shape[0], "uint8", nodata, config.geotiff)
+    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(**stamp_tags(stamp))
+
+
+def _check_dates(area: str, products: Mapping[str, Product], window) -> None:
+    for product in products.values():
+        if not window[0] <= product.sensing_date <= window[1]:
+            raise InputError(f"product {product.folder}: sensed {product.sensing_date}, outside the date window "
+                             f"{window[0]}..{window[1]} of the PRODES polygons of area {area}")
+
+
+@in_gdal_env
+def prepare_area(area: str, products: Mapping[str, Product], config: PrepConfig, stamp: dict) -> dict:
+    """Write the area's stretched images and label (see the module) and return the facts ``prepared.json`` holds."""
+    target_year = _require_target_year(config)
+    grid = products["before"].grid
+    check_overlap(products["before"], products["after"])
+    frame = read_prodes(_polygons(config), grid, config.prodes)
+    try:
+        window = date_window(window_dates(frame, target_year), config.prodes.date_margin_days)
+    except ValueError:
+        window = None
+        log.warning("area %s: no PRODES polygon of %d or %d with an image date overlaps it; sensing dates not checked",
+                    area, target_year - 1, target_year)
+    else:
+        _check_dates(area, products, window)
+    combos, valid = {}, {}
+    for d, product in products.items():
+        combos[d], valid[d] = read_combinations(product, grid, config.bands, config.sentinel2, config.geotiff.strip_rows)
+        if not valid[d].any():
+            raise InputError(f"product {product.folder}: no valid pixel on the grid of area {area} after the cloud mask "
+                             f"(SCL classes {list(config.sentinel2.cloud_classes)} and DN 0 are no data)")
+    percentiles = {}
+    for combo in config.bands:
+        limits = [channel_percentiles([combos[d][combo][c] for d in DATES], config.stretch)
+                  for c in range(len(COMBINATIONS[combo]))]
+        percentiles[combo] = limits
+        for d in DATES:
+            image = np.stack([stretch(combos[d][combo][c], *limits[c]) for c in range(len(limits))])
+            _write_tif(config.image_paths(area)[f"{d}_{combo}"], image, grid, NODATA, config, stamp)
+            del combos[d][combo]
+    mask = label_mask(frame, grid, target_year, ~(valid["before"] & valid["after"]), config.prodes)
+    _write_tif(config.label_path(area), mask[None], grid, 255, config, stamp)
+    return {
+        "products": {d: p.facts() for d, p in products.items()},
+        "date_window": [window[0].isoformat(), window[1].isoformat()] if window else None,
+        "percentiles": percentiles,
+        "change_fraction": float(np.mean(mask == CHANGE)), "height": grid.height, "width": grid.width,
+    }
+
+
+def _polygons(config: PrepConfig) -> Path:
+    if config.polygons is None:
+        raise InputError("polygons: not set (polygons=<PRODES polygon file>)")
+    return config.polygons
+
+
+def run_prepare(area: str, folder: Path, config: PrepConfig) -> bool:
+    """Prepare one area unless its outputs are up to date; True if it ran."""
+    products = {}
+    for d in DATES:
+        if not (folder / d).is_dir():
+            raise InputError(f"area {folder}: no {d}/ product folder (expected {folder / d})")
+        products[d] = open_product(folder / d, config.sentinel2)
+    inputs = {"polygons": _polygons(config)}
+    for d, product in products.items():
+        inputs.update({f"{d}/{band}": path for band, path in product.bands.items()})
+        inputs[f"{d}/metadata"] = product.metadata
+    settings = {"target_year": config.target_year, "bands": list(config.bands), "sentinel2": asdict(config.sentinel2),
+                "stretch": asdict(config.stretch), "prodes": asdict(config.prodes)}
+    stamp = stage_stamp("prepare", settings, inputs)
+    prepared = _read_prepared(config, area)
+    if not config.force and prepared is not None and prepared["stamp"] == stamp:
+        return False
+    invalidate_dataset(config.out_dir)
+    config.prepared_path(area).unlink(missing_ok=True)
+    facts = prepare_area(area, products, config, stamp)
+    atomic_write_text(config.prepared_path(area), json.dumps({"stamp": stamp, **facts}, indent=1))
+    return True
+
+
+@in_gdal_env
+def chip_area(area: str, config: PrepConfig, sources: tuple[str, ...], stamp: dict) -> SceneChips:
+    """Cut one area's pair chips (windows passing the chip thresholds) and store them under
+    ``out_dir/scenes/<area>/``: arrays ``<date>_<combo>`` (N, C, size, size) and ``mask`` (N, size, size),
+    uint8, and ``chips.json`` with their records (split still empty)."""
+    size = config.chip.size
+    with open_raster(config.label_path(area), "label raster") as src:
+        mask = src.read(1)
+        transform, crs = src.transform, src.crs.to_wkt()
+    windows = config.chip.windows(mask)
+    kept = windows.subset(config.chip.keep(windows))
+    log.info("chip %s: kept %d of %d windows", area, len(kept), len(windows))
+    readers = {name: rasterio.open(path) for name, path in config.image_paths(area).items()}
+    try:
+        shapes = {name: (len(kept), src.count, size, size) for name, src in readers.items()}
+        shapes[MASK_ARRAY] = (len(kept), size, size)
+        records: list[ChipRecord] = []
+        with scene_array_writer(config.out_dir, area, shapes) as (writers, tmp_dir):
+            for i in range(len(kept)):
+                row_off, col_off = int(kept.row_off[i]), int(kept.col_off[i])
+                window = Window(col_off, row_off, size, size)
+                for name, src in readers.items():
+                    writers[name].append(src.read(window=window))
+                writers[MASK_ARRAY].append(mask[row_off:row_off + size, col_off:col_off + size])
+                records.append(ChipRecord(
+                    chip_id=f"{area}_{i:05d}", split="", scene=area, index=i, sources=sources,
+                    col_off=col_off, row_off=row_off, width=size, height=size, crs=crs,
+                    transform=tuple(transform @ rasterio.Affine.translation(col_off, row_off))[:6],
+                    nodata_fraction=float(kept.nodata_fraction[i]),
+                    class_fractions={CLASSES[0]: float(kept.unburned_fraction[i]),
+                                     CLASSES[1]: float(kept.burned_fraction[i])},
+                ))
+            result = SceneChips(area, records, scene_array_paths(area, shapes), len(windows), stamp)
+            write_scene_chips(tmp_dir, result)
+    finally:
+        for src in readers.values():
+            src.close()
+    return result
+
+
+def run_chip(area: str, config: PrepConfig) -> bool:
+    """Chip one area unless its stored chips are up to date; True if it ran."""
+    prepared = _read_prepared(config, area)
+    if prepared is None:
+        raise InputError(f"area {area}: not prepared in {config.out_dir} (run stage=prepare area={area} first)")
+    stamp = stage_stamp("chip", asdict(config.chip), {"mask": config.label_path(area), **config.image_paths(area)})
+    stored = read_scene_chips(config.out_dir, area)
+    if not config.force and stored is not None and stored.stamp == stamp:
+        return False
+    invalidate_dataset(config.out_dir)
+    chip_area(area, config, tuple(prepared["products"][d]["product"] for d in DATES), stamp)
+    return True
+
+
+def assign_splits(areas: list[tuple[SceneChips, dict]], config: PrepConfig) -> dict[str, list[ChipRecord]]:
+    """Area -> its chips with their split, by spatial blocks over all areas (``data_prep.spatial_split``);
+    chips overlapping a block of another split are left out."""
+    size = config.chip.size
+    rasters = {
+        chips.scene: RasterWindows(np.array([r.row_off for r in chips.records], np.int64),
+                                   np.array([r.col_off for r in chips.records], np.int64),
+                                   size, prepared["height"], prepared["width"])
+        for chips, prepared in areas
+    }
+    assigned = split_windows(rasters, config.split.block_size(size), config.split.fractions, config.split.seed)
+    result = {}
+    for chips, _ in areas:
+        split = assigned[chips.scene]
+        result[chips.scene] = [replace(r, split=SPLITS[int(s)])
+                               for r, s, keep in zip(chips.records, split.split, split.keep) if keep]
+        log.info("split %s: %d of %d chips kept clear of other splits' blocks", chips.scene,
+                 len(result[chips.scene]), len(chips.records))
+    return result
+
+
+def write_rotations(chips: SceneChips, records: list[ChipRecord], config: PrepConfig) -> tuple[str, list[ChipRecord]]:
+    """Store copies of the train chips among ``records`` rotated (counter-clockwise) by each of ``augment_rotations``
+    as the arrays of scene ``<area>__rot``; returns that scene's name and its records (chip id
+    ``<chip id>_rot<angle>``, the window and transform of the unrotated chip)."""
+    scene = f"{chips.scene}{ROTATED_SUFFIX}"
+    train = [r for r in records if r.split == "train"]
+    stored = {name: np.load(config.out_dir / path, mmap_mode="r") for name, path in chips.arrays.items()}
+    count = len(train) * len(config.augment_rotations)
+    rotated: list[ChipRecord] = []
+    with scene_array_writer(config.out_dir, scene, {n: (count, *a.shape[1:]) for n, a in stored.items()}) as (writers, _):
+        for record in train:
+            for angle in config.augment_rotations:
+                for name, array in stored.items():
+                    writers[name].append(np.rot90(array[record.index], k=angle // 90, axes=(-2, -1)))
+                rotated.append(replace(record, chip_id=f"{record.chip_id}_rot{angle}", scene=scene, index=len(rotated)))
+    return scene, rotated
+
+
+def _skip_reason(chips: SceneChips, prepared: dict, config: PrepConfig) -> str:
+    if prepared["change_fraction"] == 0:
+        return f"no PRODES change of {config.target_year} on the area"
+    return (f"no chip kept of {chips.windows_total} windows of {config.chip.size} px (min_change_fraction "
+            f"{config.chip.min_change_fraction}, max_ignore_fraction {config.chip.max_ignore_fraction})")
+
+
+def run_split(areas: list[str], config: PrepConfig) -> Path:
+    """Split the chipped areas by spatial blocks, add rotated train chips and write the dataset index;
+    returns the path of ``dataset.json``."""
+    invalidate_dataset(config.out_dir)
+    usable: list[tuple[SceneChips, dict]] = []
+    skipped: dict[str, str] = {}
+    for area in areas:
+        chips, prepared = read_scene_chips(config.out_dir, area), _read_prepared(config, area)
+        if chips is None or prepared is None:
+            raise InputError(f"area {area}: not chipped yet in {config.out_dir} (run stage=chip area={area})")
+        if chips.records:
+            usable.append((chips, prepared))
+        else:
+            skipped[area] = _skip_reason(chips, prepared, config)
+            log.warning("area %s: %s; skipped", area, skipped[area])
+    if not usable:
+        raise InputError(f"areas_dir {config.areas_dir}: no area yields a chip ("
+                         + "; ".join(f"{a}: {r}" for a, r in skipped.items()) + ")")
+    split_records = assign_splits(usable, config)
+    counts = {s: sum(r.split == s for rs in split_records.values() for r in rs) for s in SPLITS}
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        raise InputError(f"split: no chip in {', '.join(empty)} (chips per split {counts}; use more or larger areas "
+                         f"or a smaller split.block_size_px than {config.split.block_size(config.chip.size)})")
+    records: list[ChipRecord] = []
+    scenes: dict[str, dict] = {}
+    for chips, prepared in usable:
+        kept = split_records[chips.scene]
+        records += kept
+        scenes[chips.scene] = {
+            "chips": len(chips.records), "windows": chips.windows_total, "arrays": chips.arrays,
+            "splits": {s: sum(r.split == s for r in kept) for s in SPLITS}, "sources": list(kept[0].sources) if kept else [],
+            "date_window": prepared["date_window"], "products": prepared["products"],
+        }
+        if config.augment_rotations and any(r.split == "train" for r in kept):
+            scene, rotated = write_rotations(chips, kept, config)
+            records += rotated
+            scenes[scene] = {"chips": len(rotated), "arrays": scene_array_paths(scene, chips.arrays),
+                             "splits": {"train": len(rotated)}, "rotated_from": chips.scene,
+                             "rotations": list(config.augment_rotations)}
+    attrs = {
+        "chip_size": config.chip.size, "overlap": config.chip.overlap,
+        "min_change_fraction": config.chip.min_change_fraction, "max_ignore_fraction": config.chip.max_ignore_fraction,
+        "bands": list(config.bands), "target_year": config.target_year, "augment_rotations": list(config.augment_rotations),
+        "split": {**asdict(config.split), "block_size_px": config.split.block_size(config.chip.size)},
+        "stretch": asdict(config.stretch), "sentinel2": asdict(config.sentinel2), "prodes": asdict(config.prodes),
+        "date_windows": {chips.scene: prepared["date_window"] for chips, prepared in usable},
+        "products": {chips.scene: prepared["products"] for chips, prepared in usable},
+        "percentiles": {chips.scene: prepared["percentiles"] for chips, prepared in usable},
+        "skipped": skipped,
+        "areas_dir": str(config.areas_dir.resolve()) if config.areas_dir else None,
+        "polygons": str(config.polygons.resolve()) if config.polygons else None,
+    }
+    path = write_dataset_index(config.out_dir, records, scenes, CLASSES, config.array_descriptions(), attrs)
+    log.info("dataset complete: %s (chips per split before rotations: %s, %d rotated train chips)", path, counts,
+             len(records) - sum(counts.values()))
+    return path
+
+
+def area_folders(areas_dir: Path | None) -> list[Path]:
+    """The area folders of ``areas_dir``: its non-hidden subfolders, sorted by name."""
+    if areas_dir is None:
+        raise InputError("areas_dir: not set (areas_dir=<folder with one subfolder per area>)")
+    if not Path(areas_dir).is_dir():
+        raise InputError(f"areas_dir {areas_dir}: not a folder")
+    folders = sorted(p for p in Path(areas_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(f"areas_dir {areas_dir}: holds no area folder (expected <area>/before/ and <area>/after/)")
+    return folders
+
+
+def _resolve_area(area: str, config: PrepConfig) -> Path:
+    if config.areas_dir is not None and (config.areas_dir / area).is_dir():
+        return config.areas_dir / area
+    if Path(area).is_dir():
+        return Path(area)
+    raise InputError(f"area {area}: no such area folder under areas_dir {config.areas_dir}")
+
+
+def prepare(config: PrepConfig, stage: str = "all", area: str | None = None) -> Path | None:
+    """Run ``stage`` (one of STAGES) for ``area`` (a name or folder; None: every area of areas_dir).
+
+    ``stage=all`` runs prepare and chip on each area, then split (only when ``area`` is None).
+    Returns the path of ``dataset.json`` when the split ran.
+    """
+    if stage not in STAGES:
+        raise InputError(f"stage: unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
+    if stage == "split":
+        if area is not None:
+            raise InputError("stage=split works on all areas of areas_dir: drop area=")
+        return run_split([f.name for f in area_folders(config.areas_dir)], config)
+    folders = [_resolve_area(area, config)] if area is not None else area_folders(config.areas_dir)
+    stages = AREA_STAGES if stage == "all" else (stage,)
+    if "prepare" in stages:
+        _require_target_year(config)
+    for folder in folders:
+        for name in stages:
+            ran = run_prepare(folder.name, folder, config) if name == "prepare" else run_chip(folder.name, config)
+            log.info("area %s: %s %s", folder.name, name, "done" if ran else "up to date, skipped")
+    if stage == "all" and area is None:
+        return run_split([f.name for f in folders], config)
+    return None
+
+
+def _hydra_task(cfg: DictConfig) -> None:
+    log.debug("config:\n%s", OmegaConf.to_yaml(cfg))
+    prepare(PrepConfig.from_cfg(cfg), stage=str(cfg.stage), area=None if cfg.area is None else str(cfg.area))
+
+
+def main() -> None:
+    """Command-line entry: bad input or config prints one line ``error: ...`` and exits 2."""
+    from apps.foundation.cli import run_hydra_app
+
+    run_hydra_app(_hydra_task, "prep_deforestation")
+
+
+if __name__ == "__main__":
+    main()

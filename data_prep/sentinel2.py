@@ -1,0 +1,346 @@
+"""Sentinel-2 L2A products for change detection: bands, metadata, cloud mask and band combinations.
+
+A product is a folder found as ``data_prep.scenes.find_scene`` finds a scene (a ``.SAFE`` product
+or a folder of band files) holding B02, B03, B04, B08 at 10 m and SCL at 20 m, plus its metadata:
+``MTD_MSIL2A.xml`` (in the folder or its ``.SAFE``) or a STAC item ``*.json`` beside the bands.
+
+Digital numbers become reflectance as ``(DN + BOA_ADD_OFFSET) / 10000``; DN 0 is no data. The
+offset comes from the ``boa_offset`` setting if set, else from the MTD's BOA_ADD_OFFSET values,
+else from the processing baseline (-1000 from baseline 04.00 on, 0 before). Products are read
+onto a reference 10 m grid in row strips: reflectance bands bilinearly, SCL by nearest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+
+from apps.foundation.errors import InputError
+from data_prep.geotiff import first_line, open_raster, reading, strip_windows
+from data_prep.normalize import NODATA, NormalizeSettings
+from data_prep.scenes import check_same_grid, find_scene
+
+log = logging.getLogger(__name__)
+
+REFLECTANCE_BANDS = ("B02", "B03", "B04", "B08")
+SCL_BAND = "SCL"
+BAND_RESOLUTION_M = {"B02": 10.0, "B03": 10.0, "B04": 10.0, "B08": 10.0, SCL_BAND: 20.0}
+QUANTIFICATION = 10000.0
+"""DN per unit reflectance (BOA_QUANTIFICATION_VALUE of every L2A baseline so far)."""
+OFFSET_BASELINE = (4, 0)
+"""First processing baseline whose DNs carry BOA_ADD_OFFSET (2022-01-25 on, and reprocessed products)."""
+BASELINE_OFFSET = -1000
+MTD_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+"""Band names by the ``band_id`` of the MTD's BOA_ADD_OFFSET elements."""
+CLOUD_MASKS = ("scl", "none")
+COMBINATIONS: dict[str, tuple[str, ...]] = {"nirrg": ("B08", "B04", "B03"), "ndvi": ("NDVI",), "evi": ("EVI",)}
+"""Band combination -> its channel names, in channel order."""
+
+
+@dataclass(frozen=True)
+class Sentinel2Settings:
+    """``cloud_mask``: ``scl`` (pixels whose SCL class is in ``cloud_classes`` are no data) or ``none``;
+    ``boa_offset``: the BOA_ADD_OFFSET (DN) for every band of every product, overriding the metadata."""
+
+    cloud_mask: str = "scl"
+    cloud_classes: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+    boa_offset: int | None = None
+
+    def __post_init__(self):
+        if self.cloud_mask not in CLOUD_MASKS:
+            raise InputError(f"sentinel2.cloud_mask: unknown {self.cloud_mask!r} (expected one of {', '.join(CLOUD_MASKS)})")
+        object.__setattr__(self, "cloud_classes", tuple(int(c) for c in self.cloud_classes))
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, affine transform and size in px."""
+
+    crs: CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, path: Path) -> "Grid":
+        with open_raster(path) as src:
+            return cls(src.crs, src.transform, src.width, src.height)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the grid's CRS."""
+        return rasterio.transform.array_bounds(self.height, self.width, self.transform)
+
+
+@dataclass(frozen=True)
+class Product:
+    """One L2A product: band name -> file (SCL absent when the cloud mask is off), metadata file,
+    processing baseline (e.g. "05.00"), BOA_ADD_OFFSET per reflectance band (DN), sensing date."""
+
+    folder: Path
+    bands: Mapping[str, Path]
+    metadata: Path
+    baseline: str
+    offsets: Mapping[str, int]
+    sensing_date: date
+
+    @property
+    def grid(self) -> Grid:
+        """The 10 m grid of its reflectance bands."""
+        return Grid.of(self.bands[REFLECTANCE_BANDS[0]])
+
+    def facts(self) -> dict:
+        """What the dataset records about the product."""
+        return {"product": str(self.folder), "baseline": self.baseline, "boa_add_offset": dict(self.offsets),
+                "sensing_date": self.sensing_date.isoformat(), "metadata": str(self.metadata)}
+
+
+def _baseline_tuple(baseline: str, source: Path) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in baseline.strip().split("."))
+    except ValueError:
+        raise InputError(f"metadata {source}: processing baseline {baseline!r} is not of the form NN.NN") from None
+
+
+def _iso_date(text: str, source: Path, what: str) -> date:
+    try:
+        return date.fromisoformat(str(text).strip()[:10])
+    except ValueError:
+        raise InputError(f"metadata {source}: {what} {text!r} is not an ISO date") from None
+
+
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def read_mtd(path: Path) -> tuple[str, dict[str, int], date]:
+    """Processing baseline, BOA_ADD_OFFSET per band name ({} when the list is absent) and sensing date
+    (PRODUCT_START_TIME) of an ``MTD_MSIL2A.xml``."""
+    try:
+        root = ET.parse(path).getroot()
+    except (ET.ParseError, OSError) as exc:
+        raise InputError(f"metadata {path}: unreadable ({first_line(exc)})") from None
+    texts: dict[str, str] = {}
+    offsets: dict[str, int] = {}
+    for element in root.iter():
+        name = _local(element.tag)
+        if name == "BOA_ADD_OFFSET":
+            try:
+                offsets[MTD_BAND_IDS[int(element.get("band_id", ""))]] = int(element.text)
+            except (ValueError, TypeError, IndexError):
+                raise InputError(f"metadata {path}: BOA_ADD_OFFSET band_id={element.get('band_id')!r} "
+                                 f"value {element.text!r} is not a band index and integer") from None
+        elif name in ("PROCESSING_BASELINE", "PRODUCT_START_TIME") and element.text:
+            texts.setdefault(name, element.text)
+    for tag in ("PROCESSING_BASELINE", "PRODUCT_START_TIME"):
+        if tag not in texts:
+            raise InputError(f"metadata {path}: no {tag} element")
+    return texts["PROCESSING_BASELINE"].strip(), offsets, _iso_date(texts["PRODUCT_START_TIME"], path, "PRODUCT_START_TIME")
+
+
+def read_stac_item(path: Path) -> tuple[str, bool, date]:
+    """Processing baseline, whether the offset was already applied (Earth Search's
+    ``earthsearch:boa_offset_applied``) and sensing date of a STAC item JSON."""
+    try:
+        properties = json.loads(Path(path).read_text())["properties"]
+        baseline, when = properties["s2:processing_baseline"], properties["datetime"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"metadata {path}: not a Sentinel-2 STAC item with properties "
+                         f"s2:processing_baseline and datetime ({first_line(exc)})") from None
+    return str(baseline), bool(properties.get("earthsearch:boa_offset_applied", False)), _iso_date(when, path, "datetime")
+
+
+def _stac_items(folder: Path) -> list[Path]:
+    items = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            if json.loads(path.read_text()).get("type") == "Feature":
+                items.append(path)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return items
+
+
+def product_metadata(folder: Path, settings: Sentinel2Settings) -> tuple[Path, str, dict[str, int], date]:
+    """(metadata file, baseline, BOA_ADD_OFFSET per reflectance band, sensing date) of a product folder."""
+    folder = Path(folder)
+    safe = [folder] if folder.name.upper().endswith(".SAFE") else sorted(folder.glob("*.SAFE"))
+    mtd = [p for p in [folder / "MTD_MSIL2A.xml", *(s / "MTD_MSIL2A.xml" for s in safe)] if p.is_file()]
+    if mtd:
+        path = mtd[0]
+        baseline, listed, sensing = read_mtd(path)
+        applied = False
+    else:
+        items = _stac_items(folder)
+        if not items:
+            raise InputError(f"product {folder}: no metadata (MTD_MSIL2A.xml or a STAC item *.json) to read "
+                             "the processing baseline and sensing date from")
+        path = items[0]
+        baseline, applied, sensing = read_stac_item(path)
+        listed = {}
+    default = BASELINE_OFFSET if _baseline_tuple(baseline, path) >= OFFSET_BASELINE and not applied else 0
+    if settings.boa_offset is not None:
+        offsets = {band: int(settings.boa_offset) for band in REFLECTANCE_BANDS}
+    else:
+        offsets = {band: listed.get(band, default) for band in REFLECTANCE_BANDS}
+    return path, baseline, offsets, sensing
+
+
+def _check_resolution(folder: Path, band: str, path: Path) -> None:
+    with open_raster(path) as src:
+        x_size, y_size = abs(src.transform.a), abs(src.transform.e)
+    expected = BAND_RESOLUTION_M[band]
+    if max(abs(x_size - expected), abs(y_size - expected)) > 1e-3 * expected:
+        raise InputError(f"product {folder}: band {band} file {path} has {x_size:g} x {y_size:g} m pixels, "
+                         f"expected {expected:g} m")
+
+
+def open_product(folder: Path, settings: Sentinel2Settings = Sentinel2Settings()) -> Product:
+    """Locate a product's bands and metadata and check them.
+
+    Raises InputError naming the product for: a missing band (SCL only when ``cloud_mask`` is
+    ``scl``), a band whose pixel size is not that of its name (10 m, SCL 20 m), reflectance bands
+    off one grid, and missing or unreadable metadata.
+    """
+    folder = Path(folder)
+    bands: dict[str, Path] = {}
+    for band in REFLECTANCE_BANDS + ((SCL_BAND,) if settings.cloud_mask == "scl" else ()):
+        try:
+            bands[band] = find_scene(folder, [band]).bands[band]
+        except InputError as exc:
+            if band != SCL_BAND:
+                raise
+            raise InputError(f"product {folder}: no SCL band for the cloud mask ({exc}; "
+                             "sentinel2.cloud_mask=none reads products without it)") from None
+        _check_resolution(folder, band, bands[band])
+    check_same_grid({band: bands[band] for band in REFLECTANCE_BANDS}, f"product {folder}")
+    metadata, baseline, offsets, sensing = product_metadata(folder, settings)
+    return Product(folder, bands, metadata, baseline, offsets, sensing)
+
+
+def check_overlap(first: Product, second: Product) -> None:
+    """InputError naming both products unless their footprints overlap (by bounds)."""
+    grid, other = first.grid, second.grid
+    left, bottom, right, top = transform_bounds(other.crs, grid.crs, *other.bounds, densify_pts=21)
+    g_left, g_bottom, g_right, g_top = grid.bounds
+    if min(right, g_right) <= max(left, g_left) or min(top, g_top) <= max(bottom, g_bottom):
+        raise InputError(f"products {first.folder} and {second.folder}: footprints do not overlap")
+
+
+class OnGrid:
+    """A band file read onto ``grid`` (strip by strip): directly when it already lies on it, else warped.
+
+    Pixels outside the file read as its nodata (0).
+    """
+
+    def __init__(self, path: Path, grid: Grid, resampling: Resampling):
+        self.path = Path(path)
+        with reading(self.path, "band"):
+            self._src = rasterio.open(self.path)
+            self.warped = (self._src.crs, self._src.transform, self._src.width, self._src.height) != (
+                grid.crs, grid.transform, grid.width, grid.height)
+            self._reader = WarpedVRT(self._src, crs=grid.crs, transform=grid.transform, width=grid.width,
+                                     height=grid.height, resampling=resampling, src_nodata=self._src.nodata or 0,
+                                     nodata=0) if self.warped else self._src
+
+    def read(self, window) -> np.ndarray:
+        """(rows, width) band values in the file's data type, 0 = no data."""
+        with reading(self.path, "band"):
+            return self._reader.read(1, window=window)
+
+    def close(self) -> None:
+        if self.warped:
+            self._reader.close()
+        self._src.close()
+
+
+def reflectance(dn: np.ndarray, offset: int) -> np.ndarray:
+    """Reflectance (``dn`` + ``offset``) / 10000 clipped to [0, 1], float32 of ``dn``'s shape; NaN where DN is 0."""
+    value = (dn.astype(np.float32) + np.float32(offset)) / np.float32(QUANTIFICATION)
+    return np.where(dn == 0, np.float32(np.nan), np.clip(value, 0, 1)).astype(np.float32)
+
+
+def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Combination ``name`` (of COMBINATIONS) of reflectance bands (name -> (...) float32 in [0, 1], NaN invalid):
+    (C, ...) float32, NaN where an input is NaN or the ratio is undefined.
+
+    nirrg = (B08, B04, B03); ndvi = (B08 - B04) / (B08 + B04); evi = 2.5 (B08 - B04) / (B08 + 6 B04 - 7.5 B02 + 1).
+    """
+    nir, red = bands["B08"], bands["B04"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if name == "nirrg":
+            return np.stack([nir, red, bands["B03"]]).astype(np.float32)
+        if name == "ndvi":
+            value = (nir - red) / (nir + red)
+        elif name == "evi":
+            value = 2.5 * (nir - red) / (nir + 6 * red - 7.5 * bands["B02"] + 1)
+        else:
+            raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
+    return np.where(np.isfinite(value), value, np.nan).astype(np.float32)[None]
+
+
+def read_combinations(
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Read ``product`` onto ``grid`` and compute ``combinations``, strip by strip.
+
+    Returns (combination -> (C, H, W) float32 with NaN where invalid, valid (H, W) bool). A pixel is
+    valid where every reflectance band has data and (cloud_mask=scl) its SCL class is not in
+    ``cloud_classes``; invalid pixels are NaN in every channel.
+    """
+    out = {name: np.full((len(COMBINATIONS[name]), grid.height, grid.width), np.nan, np.float32) for name in combinations}
+    valid = np.zeros((grid.height, grid.width), bool)
+    readers = {band: OnGrid(path, grid, Resampling.nearest if band == SCL_BAND else Resampling.bilinear)
+               for band, path in product.bands.items()}
+    try:
+        if readers[REFLECTANCE_BANDS[0]].warped:
+            log.info("product %s: read onto the grid of the first date (%s)", product.folder, grid.crs.to_string())
+        for window in strip_windows(grid.width, grid.height, strip_rows):
+            rows = slice(window.row_off, window.row_off + window.height)
+            bands = {band: reflectance(readers[band].read(window), product.offsets[band]) for band in REFLECTANCE_BANDS}
+            ok = np.logical_and.reduce([np.isfinite(v) for v in bands.values()])
+            if SCL_BAND in readers:
+                ok &= ~np.isin(readers[SCL_BAND].read(window), settings.cloud_classes)
+            valid[rows] = ok
+            for name in combinations:
+                values = band_combination(name, bands)
+                values[:, ~ok] = np.nan
+                out[name][:, rows] = values
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return out, valid
+
+
+def channel_percentiles(channels: Sequence[np.ndarray], settings: NormalizeSettings) -> tuple[float, float]:
+    """(low, high) percentiles of the finite values of ``channels`` (arrays of one channel, e.g. of both dates)
+    together; ValueError when none is finite."""
+    values = np.concatenate([c[np.isfinite(c)] for c in channels])
+    if values.size == 0:
+        raise ValueError("no finite value")
+    low, high = np.percentile(values, [settings.low_percentile, settings.high_percentile])
+    return float(low), float(high)
+
+
+def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Float values clamped to [low, high] and stretched linearly to 1..255, NaN -> 0 (NODATA): uint8, same shape.
+
+    A constant channel (low == high) maps values <= low to 1 and above it to 255, as ``normalize.stretch_lut``.
+    """
+    if high > low:
+        scaled = 1.0 + (np.clip(values, low, high) - low) * (254.0 / (high - low))
+    else:
+        scaled = np.where(values > low, 255.0, 1.0)
+    return np.where(np.isnan(values), NODATA, np.rint(scaled)).astype(np.uint8)
