@@ -5,13 +5,17 @@
     python -m data_prep.burned_area stage=split scenes_dir=... out_dir=...
 
 Per scene: normalize (B04, B03, B02 stretched to uint8) -> label (polygons rasterized) -> chip
-(normalized, TCI and mask chips); then split over all scenes writes the manifest and, last,
-``dataset.json``. Layout of ``out_dir``::
+(normalized, TCI and mask chips kept by the burned-area rule, ``BurnChipSettings``); then split over
+all scenes (``split.method``: whole scenes or spatial blocks, ``data_prep.split``) writes the manifest
+and, last, ``dataset.json``. A scene that yields no chip (no burn polygon on it, smaller than one
+chip, no window kept) is skipped and listed in the dataset's attrs ``skipped``; the prep fails only
+when no scene yields a chip. Layout of ``out_dir``::
 
     dataset.json, manifest.csv          the chip dataset (apps.foundation.chips), written by split
     scenes/<scene>/*.npy, chips.json    chip arrays and kept chips of each scene
     work/<scene>/normalized.tif         normalized RGB, uint8, nodata 0
     work/<scene>/label.tif              mask, uint8 0/1, 255 nodata
+    work/<scene>/skipped.json           why the scene yields no chip, and at which stage (while it does not)
     logs/                               Hydra logs of each run
 
 Each output records (a stamp) the settings and input files it was made from; a re-run skips
@@ -22,20 +26,23 @@ complete while it is being changed.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from apps.foundation.chips import invalidate_dataset
 from apps.foundation.errors import InputError
-from data_prep.chipping import ChipSettings, SceneChips, chip_scene, read_scene_chips
+from apps.foundation.files import atomic_write_text
+from data_prep.chipping import ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
 from data_prep.geotiff import GeoTiffSettings, read_stamp, stage_stamp, stamp_tags
 from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
 from data_prep.normalize import NormalizeSettings, normalize_bands
-from data_prep.scenes import Scene, find_scene, list_scene_folders, scene_name
+from data_prep.scenes import NoChips, Scene, find_scene, list_scene_folders, scene_name
 from data_prep.split import SplitSettings, write_split_dataset
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,37 @@ log = logging.getLogger(__name__)
 STAGES = ("normalize", "label", "chip", "split", "all")
 SCENE_STAGES = ("normalize", "label", "chip")
 TCI_BAND = "TCI"
+SKIPPED_FILE = "skipped.json"
+
+
+@dataclass(frozen=True)
+class BurnChipSettings:
+    """Chips of ``size`` x ``size`` px, windows overlapping by ``overlap`` (fraction of ``size``); a chip is
+    kept when burned and unburned each cover at least ``min_class_fraction`` of it and nodata at most
+    ``max_nodata_fraction``."""
+
+    size: int = 256
+    overlap: float = 0.25
+    min_class_fraction: float = 0.1
+    max_nodata_fraction: float = 0.1
+
+    def __post_init__(self):
+        ChipSettings(size=self.size, overlap=self.overlap)
+        if not 0 <= self.min_class_fraction <= 0.5:
+            raise InputError(f"chip.min_class_fraction: must be in [0, 0.5], got {self.min_class_fraction}")
+        if not 0 <= self.max_nodata_fraction <= 1:
+            raise InputError(f"chip.max_nodata_fraction: must be in [0, 1], got {self.max_nodata_fraction}")
+
+    @property
+    def window_settings(self) -> ChipSettings:
+        """The sliding windows."""
+        return ChipSettings(size=self.size, overlap=self.overlap)
+
+    def keep(self, windows: ChipWindows) -> np.ndarray:
+        """(N,) bool: both classes >= ``min_class_fraction``, nodata <= ``max_nodata_fraction``."""
+        return ((windows.positive_fraction >= self.min_class_fraction)
+                & (windows.negative_fraction >= self.min_class_fraction)
+                & (windows.nodata_fraction <= self.max_nodata_fraction))
 
 
 @dataclass(frozen=True)
@@ -56,7 +94,7 @@ class PrepConfig:
     tci: bool = True
     normalize: NormalizeSettings = NormalizeSettings()
     label: LabelSettings = LabelSettings()
-    chip: ChipSettings = ChipSettings()
+    chip: BurnChipSettings = BurnChipSettings()
     split: SplitSettings = SplitSettings()
     geotiff: GeoTiffSettings = GeoTiffSettings()
     force: bool = False
@@ -73,8 +111,8 @@ class PrepConfig:
             out_dir=cfg.out_dir, scenes_dir=cfg.scenes_dir, polygons=cfg.polygons,
             bands=tuple(cfg.bands), tci=bool(cfg.tci),
             normalize=NormalizeSettings(**cfg.normalize), label=LabelSettings(**cfg.label),
-            chip=ChipSettings(**cfg.chip),
-            split=SplitSettings(**{**cfg.split, "fixed": dict(cfg.split.fixed)}),
+            chip=BurnChipSettings(**cfg.chip),
+            split=SplitSettings(**{**cfg.split, "fixed": dict(cfg.split.fixed or {})}),
             geotiff=GeoTiffSettings(**cfg.geotiff), force=bool(cfg.force), progress=bool(cfg.progress),
         )
 
@@ -91,6 +129,9 @@ class PrepConfig:
 
     def label_path(self, scene: str) -> Path:
         return self.work_dir(scene) / "label.tif"
+
+    def skipped_path(self, scene: str) -> Path:
+        return self.work_dir(scene) / SKIPPED_FILE
 
     def array_descriptions(self) -> dict[str, dict]:
         """The dataset's ``arrays`` entry: what each chip array holds."""
@@ -157,8 +198,8 @@ def run_chip(scene: Scene, config: PrepConfig) -> bool:
     if not config.force and stored is not None and stored.stamp == stamp:
         return False
     invalidate_dataset(config.out_dir)
-    chip_scene(scene.name, label, images, config.out_dir, config.chip, str(scene.folder.resolve()), stamp,
-               config.progress)
+    chip_scene(scene.name, label, images, config.out_dir, config.chip.window_settings, config.chip.keep, CLASSES,
+               str(scene.folder.resolve()), stamp, config.progress)
     return True
 
 
@@ -167,26 +208,73 @@ STAGE_RUNNERS: dict[str, Callable[[Scene, PrepConfig], bool]] = {
 }
 
 
+def read_skip(config: PrepConfig, scene: str) -> dict | None:
+    """Why ``scene`` yields no chip, as recorded by the stage that found out: {"stage", "reason"}; None if not skipped."""
+    try:
+        return json.loads(config.skipped_path(scene).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _set_skip(config: PrepConfig, scene: str, skip: dict | None) -> None:
+    """Record (``skip`` = {"stage", "reason"}) or clear (None) that ``scene`` yields no chip."""
+    invalidate_dataset(config.out_dir)
+    if skip is None:
+        config.skipped_path(scene).unlink(missing_ok=True)
+    else:
+        atomic_write_text(config.skipped_path(scene), json.dumps(skip))
+
+
+def run_scene_stages(scene: Scene, stages: tuple[str, ...], config: PrepConfig) -> None:
+    """Run ``stages`` (in SCENE_STAGES order) on one scene. A stage that finds the scene yields no chip
+    (NoChips) records why in ``skipped.json`` and ends the scene's stages; later stages of a scene so
+    recorded are skipped, and the record goes when the stage that made it succeeds."""
+    skip = read_skip(config, scene.name)
+    for name in stages:
+        if skip is not None and SCENE_STAGES.index(skip["stage"]) < SCENE_STAGES.index(name):
+            log.info("scene %s: %s skipped, the scene yields no chip (%s: %s)", scene.name, name, skip["stage"],
+                     skip["reason"])
+            return
+        try:
+            ran = STAGE_RUNNERS[name](scene, config)
+        except NoChips as exc:
+            _set_skip(config, scene.name, {"stage": name, "reason": exc.reason})
+            log.warning("scene %s: yields no chip, skipped (%s)", scene.name, exc)
+            return
+        if skip is not None and skip["stage"] == name:
+            _set_skip(config, scene.name, None)
+            skip = None
+        log.info("scene %s: %s %s", scene.name, name, "done" if ran else "up to date, skipped")
+
+
 def run_split(scene_names: list[str], config: PrepConfig) -> Path:
     """Split the chipped scenes and write the dataset index; returns the path of ``dataset.json``."""
     invalidate_dataset(config.out_dir)
     stored: list[SceneChips] = []
+    skipped: dict[str, str] = {}
     for name in scene_names:
+        skip = read_skip(config, name)
+        if skip is not None:
+            skipped[name] = f"{skip['stage']}: {skip['reason']}"
+            continue
         chips = read_scene_chips(config.out_dir, name)
         if chips is None:
             raise InputError(f"scene {name}: not chipped yet in {config.out_dir} (run stage=chip scene={name})")
         stored.append(chips)
+    split_attrs = asdict(config.split)
+    if config.split.method == "blocks":
+        split_attrs["block_size_px"] = config.split.block_size(config.chip.size)
     attrs = {
-        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.stride,
+        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.window_settings.stride,
         "min_class_fraction": config.chip.min_class_fraction,
         "max_nodata_fraction": config.chip.max_nodata_fraction,
-        "bands": list(config.bands), "normalize": asdict(config.normalize), "split": asdict(config.split),
+        "bands": list(config.bands), "normalize": asdict(config.normalize),
+        "split": split_attrs,
         "scenes_dir": str(config.scenes_dir.resolve()) if config.scenes_dir else None,
         "polygons": str(config.polygons.resolve()) if config.polygons else None,
     }
-    path = write_split_dataset(config.out_dir, stored, config.split, CLASSES, config.array_descriptions(), attrs)
-    log.info("dataset complete: %s", path)
-    return path
+    return write_split_dataset(config.out_dir, stored, config.split, CLASSES, config.array_descriptions(), attrs,
+                               skipped)
 
 
 def _resolve_scene(scene: str, config: PrepConfig) -> Path:
@@ -227,9 +315,7 @@ def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) ->
     if "label" in stages:
         polygon_file_info(_polygons(config), config.label.layer)
     for item in scenes:
-        for name in stages:
-            ran = STAGE_RUNNERS[name](item, config)
-            log.info("scene %s: %s %s", item.name, name, "done" if ran else "up to date, skipped")
+        run_scene_stages(item, stages, config)
     if stage == "all" and scene is None:
         return run_split([item.name for item in scenes], config)
     if stage == "all":

@@ -3,8 +3,10 @@
 Windows step by ``size * (1 - overlap)`` and the last window of each row and column sits flush
 with the right and bottom edge, so the whole raster is covered. Which windows are kept is
 decided on the mask alone (class and nodata fractions per window from column sums and a
-cumulative sum per window row), before any image pixel is read; images are then read one
-window row at a time and their chips appended to the scene's chip arrays, so memory stays flat.
+cumulative sum per window row) by the app's keep rule, before any image pixel is read; images
+are then read one window row at a time and their chips appended to the scene's chip arrays, so
+memory stays flat. Masks hold two classes, 0 (negative) and 1 (positive), and 255 for nodata;
+the app names the classes.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -22,11 +24,12 @@ from rasterio.windows import Window
 from apps.foundation.errors import InputError
 from apps.foundation.chips import IGNORE_INDEX, ChipRecord, scene_array_paths, scene_array_writer
 from data_prep.geotiff import in_gdal_env, open_raster, progress, reading
-from data_prep.label import BURNED, CLASSES, UNBURNED
-from data_prep.scenes import check_same_grid
+from data_prep.scenes import NoChips, check_same_grid
 
 log = logging.getLogger(__name__)
 
+NEGATIVE, POSITIVE = 0, 1
+"""Mask values of the two classes (255 is nodata)."""
 MASK_ARRAY = "mask"
 SCENE_CHIPS_FILE = "chips.json"
 """Per-scene list of kept chips, written with the scene's arrays; its presence marks the scene chipped."""
@@ -34,23 +37,16 @@ SCENE_CHIPS_FILE = "chips.json"
 
 @dataclass(frozen=True)
 class ChipSettings:
-    """Chips of ``size`` x ``size`` px, windows overlapping by ``overlap`` (fraction of ``size``); a chip is
-    kept when every class covers at least ``min_class_fraction`` of it and nodata at most ``max_nodata_fraction``."""
+    """Windows of ``size`` x ``size`` px overlapping by ``overlap`` (fraction of ``size``)."""
 
     size: int = 256
     overlap: float = 0.25
-    min_class_fraction: float = 0.1
-    max_nodata_fraction: float = 0.1
 
     def __post_init__(self):
         if self.size < 1:
             raise InputError(f"chip.size: must be a positive number of pixels, got {self.size}")
         if not 0 <= self.overlap < 1:
             raise InputError(f"chip.overlap: must be in [0, 1), got {self.overlap}")
-        if not 0 <= self.min_class_fraction <= 0.5:
-            raise InputError(f"chip.min_class_fraction: must be in [0, 0.5], got {self.min_class_fraction}")
-        if not 0 <= self.max_nodata_fraction <= 1:
-            raise InputError(f"chip.max_nodata_fraction: must be in [0, 1], got {self.max_nodata_fraction}")
 
     @property
     def stride(self) -> int:
@@ -62,13 +58,14 @@ class ChipSettings:
 class ChipWindows:
     """Windows of one scene: pixel offsets of each window's top-left corner and what it covers.
 
-    All arrays are (N,): ``row_off``/``col_off`` in px, fractions of the window's pixels.
+    All arrays are (N,): ``row_off``/``col_off`` in px, fractions of the window's pixels that are
+    class 0 (``negative_fraction``), class 1 (``positive_fraction``) and nodata.
     """
 
     row_off: np.ndarray
     col_off: np.ndarray
-    unburned_fraction: np.ndarray
-    burned_fraction: np.ndarray
+    negative_fraction: np.ndarray
+    positive_fraction: np.ndarray
     nodata_fraction: np.ndarray
 
     def __len__(self) -> int:
@@ -78,15 +75,22 @@ class ChipWindows:
         return ChipWindows(*(getattr(self, f.name)[keep] for f in fields(self)))
 
 
+KeepRule = Callable[[ChipWindows], np.ndarray]
+"""An app's keep rule: windows -> (N,) bool, True for the windows worth a chip."""
+
+
 @dataclass(frozen=True)
 class SceneChips:
-    """What the chip stage stored for one scene: its kept chips (split still empty) and how they were made."""
+    """What the chip stage stored for one scene: its kept chips (split still empty), how they were made,
+    and the size of the scene's raster (px)."""
 
     scene: str
     records: list[ChipRecord]
     arrays: dict[str, str]
     windows_total: int
     stamp: dict | None
+    height: int
+    width: int
 
 
 def window_offsets(length: int, size: int, stride: int) -> np.ndarray:
@@ -106,27 +110,18 @@ def scan_windows(mask: np.ndarray, settings: ChipSettings) -> ChipWindows:
     size = settings.size
     rows = window_offsets(mask.shape[0], size, settings.stride)
     cols = window_offsets(mask.shape[1], size, settings.stride)
-    burned = np.empty((len(rows), len(cols)), dtype=np.int64)
-    nodata = np.empty_like(burned)
+    positive = np.empty((len(rows), len(cols)), dtype=np.int64)
+    nodata = np.empty_like(positive)
     for i, row_off in enumerate(rows):
         strip = mask[row_off:row_off + size]
-        for counts, value in ((burned, BURNED), (nodata, IGNORE_INDEX)):
+        for counts, value in ((positive, POSITIVE), (nodata, IGNORE_INDEX)):
             running = np.concatenate(([0], np.cumsum(np.count_nonzero(strip == value, axis=0))))
             counts[i] = running[cols + size] - running[cols]
     area = size * size
-    unburned = area - burned - nodata
+    negative = area - positive - nodata
     row_grid, col_grid = np.meshgrid(rows, cols, indexing="ij")
-    return ChipWindows(row_grid.ravel(), col_grid.ravel(), *(counts.ravel() / area for counts in (unburned, burned, nodata)))
-
-
-def select_windows(windows: ChipWindows, settings: ChipSettings) -> ChipWindows:
-    """The windows worth keeping: both classes >= ``min_class_fraction``, nodata <= ``max_nodata_fraction``."""
-    keep = (
-        (windows.burned_fraction >= settings.min_class_fraction)
-        & (windows.unburned_fraction >= settings.min_class_fraction)
-        & (windows.nodata_fraction <= settings.max_nodata_fraction)
-    )
-    return windows.subset(keep)
+    return ChipWindows(row_grid.ravel(), col_grid.ravel(),
+                       *(counts.ravel() / area for counts in (negative, positive, nodata)))
 
 
 @in_gdal_env
@@ -135,18 +130,21 @@ def chip_scene(
     label_path: Path,
     images: Mapping[str, Path],
     out_root: Path,
-    settings: ChipSettings = ChipSettings(),
+    settings: ChipSettings,
+    keep: KeepRule,
+    classes: Sequence[str],
     source: str = "",
     stamp: Mapping | None = None,
     show_progress: bool = True,
 ) -> SceneChips:
-    """Cut one scene into chips and store them under ``out_root/scenes/<scene>/``.
+    """Cut one scene into the chips ``keep`` selects and store them under ``out_root/scenes/<scene>/``.
 
     ``label_path``: the scene's mask (0/1/255); ``images``: array name -> uint8 image on the same
-    grid (e.g. {"normalized": ..., "tci": ...}). Stores per kept chip the images as (N, C, size, size)
-    arrays and the mask as ``mask`` (N, size, size), plus ``chips.json`` with the chip records
-    (``split`` left empty) and ``stamp``. A scene with no kept chip is stored with empty arrays.
-    Raises InputError when the raster is smaller than one chip or the images are off its grid.
+    grid (e.g. {"normalized": ..., "tci": ...}); ``classes``: the names of mask values 0 and 1, keys of
+    each record's class fractions. Stores per kept chip the images as (N, C, size, size) arrays and the
+    mask as ``mask`` (N, size, size), plus ``chips.json`` with the chip records (``split`` left empty)
+    and ``stamp``. A scene with no kept chip is stored with empty arrays. Raises NoChips when the
+    raster is smaller than one chip, InputError when an image is off its grid or not uint8.
     """
     label_path = Path(label_path)
     check_same_grid({MASK_ARRAY: label_path, **{name: Path(p) for name, p in images.items()}}, f"scene {scene}")
@@ -156,13 +154,17 @@ def chip_scene(
     height, width = mask.shape
     size = settings.size
     if height < size or width < size:
-        raise InputError(f"scene {scene}: raster {width}x{height} px is smaller than one chip ({size}x{size} px)")
+        raise NoChips(f"scene {scene}", f"raster {width}x{height} px is smaller than one chip ({size}x{size} px)")
     all_windows = scan_windows(mask, settings)
-    kept = select_windows(all_windows, settings)
+    kept = all_windows.subset(keep(all_windows))
     log.info("chip %s: kept %d of %d windows", scene, len(kept), len(all_windows))
 
     sources = {name: rasterio.open(path) for name, path in images.items()}
     try:
+        for name, src in sources.items():
+            if set(src.dtypes) != {"uint8"}:
+                raise InputError(f"{name} raster {src.name}: data type {src.dtypes[0]}, expected uint8 "
+                                 f"(chip arrays are uint8: stretch it first)")
         shapes = {name: (len(kept), src.count, size, size) for name, src in sources.items()}
         shapes[MASK_ARRAY] = (len(kept), size, size)
         with scene_array_writer(out_root, scene, shapes) as (writers, tmp_dir):
@@ -174,11 +176,9 @@ def chip_scene(
                         strip = src.read(window=row_window)
                     writers[name].append(np.stack([strip[:, :, c - cols[0]:c - cols[0] + size] for c in cols]))
                 writers[MASK_ARRAY].append(np.stack([mask[row_off:row_off + size, c:c + size] for c in cols]))
-            records = [
-                _chip_record(scene, i, kept, size, source, crs, transform) for i in range(len(kept))
-            ]
+            records = [chip_record(scene, i, kept, size, (source,), crs, transform, classes) for i in range(len(kept))]
             result = SceneChips(scene, records, scene_array_paths(scene, shapes), len(all_windows),
-                                dict(stamp) if stamp is not None else None)
+                                dict(stamp) if stamp is not None else None, height, width)
             write_scene_chips(tmp_dir, result)
     finally:
         for src in sources.values():
@@ -186,13 +186,15 @@ def chip_scene(
     return result
 
 
-def _chip_record(scene: str, i: int, kept: ChipWindows, size: int, source: str, crs: str,
-                 transform: rasterio.Affine) -> ChipRecord:
+def chip_record(scene: str, i: int, kept: ChipWindows, size: int, sources: tuple[str, ...], crs: str,
+                transform: rasterio.Affine, classes: Sequence[str]) -> ChipRecord:
+    """The record of chip ``i`` of ``kept`` (the scene's kept windows): id ``<scene>_<i:05d>``, window,
+    georeference (``crs`` as WKT, the scene raster's ``transform``) and class fractions by ``classes``."""
     row_off, col_off = int(kept.row_off[i]), int(kept.col_off[i])
     chip_transform = transform @ rasterio.Affine.translation(col_off, row_off)
-    fractions = {CLASSES[UNBURNED]: float(kept.unburned_fraction[i]), CLASSES[BURNED]: float(kept.burned_fraction[i])}
+    fractions = {classes[NEGATIVE]: float(kept.negative_fraction[i]), classes[POSITIVE]: float(kept.positive_fraction[i])}
     return ChipRecord(
-        chip_id=f"{scene}_{i:05d}", split="", scene=scene, index=i, sources=(source,),
+        chip_id=f"{scene}_{i:05d}", split="", scene=scene, index=i, sources=sources,
         col_off=col_off, row_off=row_off, width=size, height=size, crs=crs,
         transform=tuple(chip_transform)[:6], nodata_fraction=float(kept.nodata_fraction[i]),
         class_fractions=fractions,
@@ -205,6 +207,8 @@ def write_scene_chips(scene_dir: Path, chips: SceneChips) -> None:
         "scene": chips.scene,
         "stamp": chips.stamp,
         "windows_total": chips.windows_total,
+        "height": chips.height,
+        "width": chips.width,
         "arrays": chips.arrays,
         "chips": [asdict(r) for r in chips.records],
     }
@@ -212,11 +216,13 @@ def write_scene_chips(scene_dir: Path, chips: SceneChips) -> None:
 
 
 def read_scene_chips(out_root: Path, scene: str) -> SceneChips | None:
-    """The chips stored for ``scene`` under ``out_root``, or None if the scene was not chipped (completely)."""
+    """The chips stored for ``scene`` under ``out_root``, or None if the scene was not chipped (completely,
+    or by a version that did not record the raster size: it is chipped again)."""
     path = Path(out_root) / "scenes" / scene / SCENE_CHIPS_FILE
     try:
         data = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        size = data["height"], data["width"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
     records = [ChipRecord(**{**r, "transform": tuple(r["transform"]), "sources": tuple(r["sources"])}) for r in data["chips"]]
-    return SceneChips(data["scene"], records, data["arrays"], data["windows_total"], data["stamp"])
+    return SceneChips(data["scene"], records, data["arrays"], data["windows_total"], data["stamp"], *size)

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -49,16 +50,15 @@ from apps.foundation.chips import (
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 from data_prep.chipping import (
-    MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, read_scene_chips, scan_windows, write_scene_chips,
+    MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, chip_record, read_scene_chips, scan_windows, write_scene_chips,
 )
 from data_prep.geotiff import GeoTiffSettings, in_gdal_env, open_raster, output_profile, stage_stamp, stamp_tags
-from data_prep.normalize import NODATA, NormalizeSettings
+from data_prep.normalize import NODATA, NormalizeSettings, stretch
 from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
 from data_prep.sentinel2 import (
-    COMBINATIONS, Product, Sentinel2Settings, channel_percentiles, check_overlap, open_product, read_combinations,
-    stretch,
+    COMBINATIONS, Grid, Product, Sentinel2Settings, channel_histograms, check_overlap, combination_strips, open_product,
 )
-from data_prep.spatial_split import RasterWindows, split_windows
+from data_prep.split import BlockSplitSettings, split_by_blocks
 
 log = logging.getLogger(__name__)
 
@@ -87,37 +87,13 @@ class PairChipSettings:
                 raise InputError(f"chip.{name}: must be in [0, 1], got {getattr(self, name)}")
 
     def windows(self, mask: np.ndarray) -> ChipWindows:
-        """All sliding windows over ``mask`` (H, W) with their fractions (``burned_fraction`` = change)."""
+        """All sliding windows over ``mask`` (H, W) with their fractions (``positive_fraction`` = change)."""
         return scan_windows(mask, ChipSettings(size=self.size, overlap=self.overlap))
 
     def keep(self, windows: ChipWindows) -> np.ndarray:
         """(N,) bool: the windows worth keeping."""
-        return ((windows.burned_fraction >= self.min_change_fraction) & (windows.unburned_fraction > 0)
+        return ((windows.positive_fraction >= self.min_change_fraction) & (windows.negative_fraction > 0)
                 & (windows.nodata_fraction <= self.max_ignore_fraction))
-
-
-@dataclass(frozen=True)
-class BlockSplitSettings:
-    """Shares of chips for val and test (the rest is train), assigned by square blocks of ``block_size_px``
-    (None: 4 x chip size) of all areas in one shuffle seeded by ``seed``."""
-
-    val_fraction: float = 0.2
-    test_fraction: float = 0.2
-    block_size_px: int | None = None
-    seed: int = 0
-
-    def __post_init__(self):
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise InputError(f"split: need 0 < val_fraction, test_fraction and their sum < 1, "
-                             f"got {self.val_fraction} and {self.test_fraction}")
-
-    @property
-    def fractions(self) -> dict[str, float]:
-        return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
-                "test": self.test_fraction}
-
-    def block_size(self, chip_size: int) -> int:
-        return int(self.block_size_px) if self.block_size_px is not None else 4 * chip_size
 
 
 @dataclass(frozen=True)
@@ -214,9 +190,66 @@ def _check_dates(area: str, products: Mapping[str, Product], window) -> None:
                              f"{window[0]}..{window[1]} of the PRODES polygons of area {area}")
 
 
+def _write_stretched(paths: Mapping[str, Path], product: Product, grid: Grid, limits: Mapping[str, list],
+                     sentinel2: Sentinel2Settings, geotiff: GeoTiffSettings, tags: Mapping[str, str]) -> None:
+    """Write ``product``'s combinations (combination -> its file in ``paths``) stretched between their channels'
+    (low, high) ``limits`` to uint8, strip by strip; the files appear complete or not at all."""
+    with ExitStack() as stack:
+        outputs = {
+            combo: stack.enter_context(rasterio.open(stack.enter_context(atomic_path(path)), "w", **output_profile(
+                grid, len(COMBINATIONS[combo]), "uint8", NODATA, geotiff)))
+            for combo, path in paths.items()
+        }
+        for window, combos, _ in combination_strips(product, grid, list(paths), sentinel2, geotiff.strip_rows):
+            for combo, values in combos.items():
+                image = np.stack([stretch(v, *lim) for v, lim in zip(values, limits[combo])])
+                outputs[combo].write(image, window=window)
+        for dst in outputs.values():
+            dst.update_tags(**tags)
+
+
+@in_gdal_env
+def write_pair_images(products: Mapping[str, Product], combinations: Sequence[str], sentinel2: Sentinel2Settings,
+                      stretch_settings: NormalizeSettings, paths: Mapping[str, Path],
+                      geotiff: GeoTiffSettings = GeoTiffSettings(), tags: Mapping[str, str] | None = None,
+                      ) -> tuple[dict[str, list[list[float]]], dict[str, np.ndarray]]:
+    """Write both dates' band ``combinations`` on the before date's grid, stretched to uint8 (nodata 0) between
+    each channel's percentiles over the valid pixels of both dates, to ``paths[f"{date}_{combination}"]``.
+
+    Two passes over both dates, strip by strip, so memory stays at a few strips plus the (H, W) validity
+    masks: the first counts each channel of both dates in a histogram (``sentinel2.ChannelHistogram``;
+    percentiles within half a bin of exact: 2**-17 in reflectance, 2**-16 in NDVI/EVI), the second recomputes the
+    combinations and writes them stretched. Returns (combination -> per channel [low, high], date -> valid
+    (H, W) bool). InputError when the dates do not overlap or a date has no valid pixel after the cloud mask.
+    """
+    grid = products["before"].grid
+    check_overlap(products["before"], products["after"])
+    histograms, valid = channel_histograms(combinations), {}
+    for d, product in products.items():
+        valid[d] = np.zeros((grid.height, grid.width), bool)
+        for strip, combos, ok in combination_strips(product, grid, combinations, sentinel2, geotiff.strip_rows):
+            valid[d][strip.row_off:strip.row_off + strip.height] = ok
+            for combo, values in combos.items():
+                for histogram, channel in zip(histograms[combo], values):
+                    histogram.add(channel)
+        if not valid[d].any():
+            raise InputError(f"product {product.folder}: no valid pixel on the grid of {products['before'].folder} "
+                             f"after the cloud mask (SCL classes {list(sentinel2.cloud_classes)} and DN 0 are no data)")
+    percentiles = {
+        combo: [[float(v) for v in h.percentiles([stretch_settings.low_percentile, stretch_settings.high_percentile])]
+                for h in channels]
+        for combo, channels in histograms.items()
+    }
+    for d, product in products.items():
+        _write_stretched({combo: paths[f"{d}_{combo}"] for combo in combinations}, product, grid, percentiles,
+                         sentinel2, geotiff, tags or {})
+    return percentiles, valid
+
+
 @in_gdal_env
 def prepare_area(area: str, products: Mapping[str, Product], config: PrepConfig, stamp: dict) -> dict:
-    """Write the area's stretched images and label (see the module) and return the facts ``prepared.json`` holds."""
+    """Write the area's stretched images (``write_pair_images``) and label (see the module) and return the facts
+    ``prepared.json`` holds."""
     target_year = _require_target_year(config)
     grid = products["before"].grid
     check_overlap(products["before"], products["after"])
@@ -229,22 +262,9 @@ def prepare_area(area: str, products: Mapping[str, Product], config: PrepConfig,
                     area, target_year - 1, target_year)
     else:
         _check_dates(area, products, window)
-    combos, valid = {}, {}
-    for d, product in products.items():
-        combos[d], valid[d] = read_combinations(product, grid, config.bands, config.sentinel2, config.geotiff.strip_rows)
-        if not valid[d].any():
-            raise InputError(f"product {product.folder}: no valid pixel on the grid of area {area} after the cloud mask "
-                             f"(SCL classes {list(config.sentinel2.cloud_classes)} and DN 0 are no data)")
-    percentiles = {}
-    for combo in config.bands:
-        limits = [channel_percentiles([combos[d][combo][c] for d in DATES], config.stretch)
-                  for c in range(len(COMBINATIONS[combo]))]
-        percentiles[combo] = limits
-        for d in DATES:
-            image = np.stack([stretch(combos[d][combo][c], *limits[c]) for c in range(len(limits))])
-            _write_tif(config.image_paths(area)[f"{d}_{combo}"], image, grid, NODATA, config, stamp)
-            del combos[d][combo]
-    mask = label_mask(frame, grid, target_year, ~(valid["before"] & valid["after"]), config.prodes)
+    percentiles, valid = write_pair_images(products, config.bands, config.sentinel2, config.stretch,
+                                           config.image_paths(area), config.geotiff, stamp_tags(stamp))
+    mask = label_mask(frame, grid, target_year, ~(valid.pop("before") & valid.pop("after")), config.prodes)
     _write_tif(config.label_path(area), mask[None], grid, 255, config, stamp)
     return {
         "products": {d: p.facts() for d, p in products.items()},
@@ -308,15 +328,8 @@ def chip_area(area: str, config: PrepConfig, sources: tuple[str, ...], stamp: di
                 for name, src in readers.items():
                     writers[name].append(src.read(window=window))
                 writers[MASK_ARRAY].append(mask[row_off:row_off + size, col_off:col_off + size])
-                records.append(ChipRecord(
-                    chip_id=f"{area}_{i:05d}", split="", scene=area, index=i, sources=sources,
-                    col_off=col_off, row_off=row_off, width=size, height=size, crs=crs,
-                    transform=tuple(transform @ rasterio.Affine.translation(col_off, row_off))[:6],
-                    nodata_fraction=float(kept.nodata_fraction[i]),
-                    class_fractions={CLASSES[0]: float(kept.unburned_fraction[i]),
-                                     CLASSES[1]: float(kept.burned_fraction[i])},
-                ))
-            result = SceneChips(area, records, scene_array_paths(area, shapes), len(windows), stamp)
+                records.append(chip_record(area, i, kept, size, sources, crs, transform, CLASSES))
+            result = SceneChips(area, records, scene_array_paths(area, shapes), len(windows), stamp, *mask.shape)
             write_scene_chips(tmp_dir, result)
     finally:
         for src in readers.values():
@@ -336,27 +349,6 @@ def run_chip(area: str, config: PrepConfig) -> bool:
     invalidate_dataset(config.out_dir)
     chip_area(area, config, tuple(prepared["products"][d]["product"] for d in DATES), stamp)
     return True
-
-
-def assign_splits(areas: list[tuple[SceneChips, dict]], config: PrepConfig) -> dict[str, list[ChipRecord]]:
-    """Area -> its chips with their split, by spatial blocks over all areas (``data_prep.spatial_split``);
-    chips overlapping a block of another split are left out."""
-    size = config.chip.size
-    rasters = {
-        chips.scene: RasterWindows(np.array([r.row_off for r in chips.records], np.int64),
-                                   np.array([r.col_off for r in chips.records], np.int64),
-                                   size, prepared["height"], prepared["width"])
-        for chips, prepared in areas
-    }
-    assigned = split_windows(rasters, config.split.block_size(size), config.split.fractions, config.split.seed)
-    result = {}
-    for chips, _ in areas:
-        split = assigned[chips.scene]
-        result[chips.scene] = [replace(r, split=SPLITS[int(s)])
-                               for r, s, keep in zip(chips.records, split.split, split.keep) if keep]
-        log.info("split %s: %d of %d chips kept clear of other splits' blocks", chips.scene,
-                 len(result[chips.scene]), len(chips.records))
-    return result
 
 
 def write_rotations(chips: SceneChips, records: list[ChipRecord], config: PrepConfig) -> tuple[str, list[ChipRecord]]:
@@ -402,12 +394,8 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
     if not usable:
         raise InputError(f"areas_dir {config.areas_dir}: no area yields a chip ("
                          + "; ".join(f"{a}: {r}" for a, r in skipped.items()) + ")")
-    split_records = assign_splits(usable, config)
+    split_records = split_by_blocks([chips for chips, _ in usable], config.chip.size, config.split)
     counts = {s: sum(r.split == s for rs in split_records.values() for r in rs) for s in SPLITS}
-    empty = [s for s, n in counts.items() if n == 0]
-    if empty:
-        raise InputError(f"split: no chip in {', '.join(empty)} (chips per split {counts}; use more or larger areas "
-                         f"or a smaller split.block_size_px than {config.split.block_size(config.chip.size)})")
     records: list[ChipRecord] = []
     scenes: dict[str, dict] = {}
     for chips, prepared in usable:

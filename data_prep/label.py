@@ -27,6 +27,7 @@ from apps.foundation.chips import IGNORE_INDEX
 from data_prep.geotiff import (
     GeoTiffSettings, first_line, in_gdal_env, open_raster, output_profile, progress, strip_windows,
 )
+from data_prep.scenes import NoChips
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,8 @@ def read_polygons(path: Path, crs: rasterio.crs.CRS, bounds: tuple[float, float,
                   layer: str | None = None) -> gpd.GeoSeries:
     """The polygons of ``path`` that overlap ``bounds`` (minx, miny, maxx, maxy in ``crs``), in ``crs``.
 
-    Raises InputError naming the file for the problems of ``polygon_file_info``, when it holds no
-    polygon, or when none of its polygons overlaps ``bounds``.
+    Raises InputError naming the file for the problems of ``polygon_file_info`` and when it holds no
+    polygon; NoChips (a scene without burns) when none of its polygons overlaps ``bounds``.
     """
     path = Path(path)
     info = polygon_file_info(path, layer)
@@ -83,7 +84,7 @@ def read_polygons(path: Path, crs: rasterio.crs.CRS, bounds: tuple[float, float,
     if geoms.empty and not frame.empty:
         raise InputError(f"polygons {path}: holds no polygon geometry (found {info['geometry_type']})")
     if geoms.empty:
-        raise InputError(f"polygons {path}: no polygon overlaps the raster (all {info['features']} lie outside it)")
+        raise NoChips(f"polygons {path}", f"no polygon overlaps the raster (all {info['features']} lie outside it)")
     invalid = ~geoms.is_valid
     if invalid.any():
         geoms.loc[invalid] = geoms[invalid].make_valid()
@@ -104,7 +105,7 @@ def label_raster(
     1 burned, 255 where any band of the reference raster is nodata; tiled GeoTIFF, nodata 255.
 
     Returns the burned fraction of the valid pixels. Raises InputError (naming the file) for
-    the problems listed in ``read_polygons`` and when no polygon covers a pixel of the raster.
+    the problems listed in ``read_polygons``, NoChips when no polygon covers a pixel of the raster.
     """
     reference_path, polygons_path = Path(reference_path), Path(polygons_path)
     with open_raster(reference_path) as src:
@@ -114,10 +115,9 @@ def label_raster(
             fill=UNBURNED, dtype=np.uint8, all_touched=settings.all_touched,
         )
         if not mask.any():
-            raise InputError(
-                f"polygons {polygons_path}: no polygon covers a pixel centre of raster {reference_path} "
-                f"({len(geoms)} lie near it; label.all_touched=true also burns partly covered pixels)"
-            )
+            raise NoChips(f"polygons {polygons_path}",
+                          f"no polygon covers a pixel centre of raster {reference_path} ({len(geoms)} lie near it; "
+                          f"label.all_touched=true also burns partly covered pixels)")
         nodata = src.nodata if src.nodata is not None else 0
         for window in progress(list(strip_windows(src.width, src.height, gtiff.strip_rows)),
                                f"label nodata {reference_path.name}", show_progress):

@@ -28,6 +28,15 @@ class Scene:
     bands: Mapping[str, Path]
 
 
+class NoChips(InputError):
+    """A scene that cannot yield a chip (no polygon on it, smaller than one chip): a prep skips such a scene
+    while others yield chips. The message is ``<subject>: <reason>``; ``reason`` alone says why."""
+
+    def __init__(self, subject: str, reason: str):
+        super().__init__(f"{subject}: {reason}")
+        self.reason = reason
+
+
 def list_scene_folders(scenes_dir: Path) -> list[Path]:
     """The scene folders of ``scenes_dir``: its non-hidden subfolders, sorted by name."""
     scenes_dir = Path(scenes_dir)

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import rasterio
@@ -26,10 +26,11 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
+from rasterio.windows import Window
 
 from apps.foundation.errors import InputError
 from data_prep.geotiff import first_line, open_raster, reading, strip_windows
-from data_prep.normalize import NODATA, NormalizeSettings
+from data_prep.normalize import histogram_percentiles
 from data_prep.scenes import check_same_grid, find_scene
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,11 @@ MTD_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "
 CLOUD_MASKS = ("scl", "none")
 COMBINATIONS: dict[str, tuple[str, ...]] = {"nirrg": ("B08", "B04", "B03"), "ndvi": ("NDVI",), "evi": ("EVI",)}
 """Band combination -> its channel names, in channel order."""
+CHANNEL_RANGES = {"B08": (0.0, 1.0), "B04": (0.0, 1.0), "B03": (0.0, 1.0), "NDVI": (-1.0, 1.0), "EVI": (-1.0, 1.0)}
+"""Channel -> (low, high) of its histogram: reflectance lies in [0, 1] and NDVI in [-1, 1]; EVI values outside
+[-1, 1] (a denominator near 0) are counted in the end bins."""
+HISTOGRAM_BINS = 2**16
+"""Histogram bins per channel: percentiles within half a bin (7.6e-6 reflectance, 1.5e-5 NDVI/EVI) of exact."""
 
 
 @dataclass(frozen=True)
@@ -240,7 +246,9 @@ def check_overlap(first: Product, second: Product) -> None:
 
 
 class OnGrid:
-    """A band file read onto ``grid`` (strip by strip): directly when it already lies on it, else warped.
+    """A band file read onto ``grid`` (strip by strip): directly when it already lies on it; by repeating
+    pixels when it is the grid coarsened by an integer factor (SCL at 20 m on the 10 m grid, nearest
+    resampling only; the same values a nearest warp gives); else warped.
 
     Pixels outside the file read as its nodata (0).
     """
@@ -249,16 +257,25 @@ class OnGrid:
         self.path = Path(path)
         with reading(self.path, "band"):
             self._src = rasterio.open(self.path)
-            self.warped = (self._src.crs, self._src.transform, self._src.width, self._src.height) != (
-                grid.crs, grid.transform, grid.width, grid.height)
+            self.factor = _coarsening(self._src, grid) if resampling == Resampling.nearest else None
+            on_grid = Grid(self._src.crs, self._src.transform, self._src.width, self._src.height) == grid
+            self.warped = self.factor is None and not on_grid
             self._reader = WarpedVRT(self._src, crs=grid.crs, transform=grid.transform, width=grid.width,
                                      height=grid.height, resampling=resampling, src_nodata=self._src.nodata or 0,
                                      nodata=0) if self.warped else self._src
 
-    def read(self, window) -> np.ndarray:
-        """(rows, width) band values in the file's data type, 0 = no data."""
+    def read(self, window: Window) -> np.ndarray:
+        """(rows, cols) band values of ``window`` of the grid in the file's data type, 0 = no data."""
         with reading(self.path, "band"):
-            return self._reader.read(1, window=window)
+            if not self.factor:
+                return self._reader.read(1, window=window)
+            f = self.factor
+            row0, col0 = window.row_off // f, window.col_off // f
+            coarse = self._src.read(1, window=Window(col0, row0, -(-(window.col_off + window.width) // f) - col0,
+                                                     -(-(window.row_off + window.height) // f) - row0))
+            fine = np.repeat(np.repeat(coarse, f, axis=0), f, axis=1)
+            top, left = window.row_off - row0 * f, window.col_off - col0 * f
+            return fine[top:top + window.height, left:left + window.width]
 
     def close(self) -> None:
         if self.warped:
@@ -266,10 +283,32 @@ class OnGrid:
         self._src.close()
 
 
-def reflectance(dn: np.ndarray, offset: int) -> np.ndarray:
-    """Reflectance (``dn`` + ``offset``) / 10000 clipped to [0, 1], float32 of ``dn``'s shape; NaN where DN is 0."""
-    value = (dn.astype(np.float32) + np.float32(offset)) / np.float32(QUANTIFICATION)
-    return np.where(dn == 0, np.float32(np.nan), np.clip(value, 0, 1)).astype(np.float32)
+def _coarsening(src: rasterio.DatasetReader, grid: Grid) -> int | None:
+    """The integer factor f >= 2 when ``src`` is ``grid`` coarsened by f (same CRS and origin, f x its pixel
+    size, covering it exactly: ceil(H / f) x ceil(W / f) px), else None."""
+    f = int(round(src.transform.a / grid.transform.a))
+    if f < 2 or src.crs != grid.crs or not src.transform.almost_equals(grid.transform @ rasterio.Affine.scale(f)):
+        return None
+    return f if (src.width, src.height) == (-(-grid.width // f), -(-grid.height // f)) else None
+
+
+def reflectance(dn: np.ndarray, offset: int, invalid: np.ndarray) -> np.ndarray:
+    """Reflectance (``dn`` + ``offset``) / 10000 clipped to [0, 1]: float32 of ``dn``'s shape, NaN where
+    ``invalid`` (bool of that shape)."""
+    value = dn.astype(np.float32)
+    value += np.float32(offset)
+    value /= np.float32(QUANTIFICATION)
+    np.clip(value, 0, 1, out=value)
+    value[invalid] = np.nan
+    return value
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator`` / ``denominator`` computed in place of ``numerator``, NaN where undefined (0/0, x/0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(numerator, denominator, out=numerator)
+    numerator[np.isinf(numerator)] = np.nan
+    return numerator
 
 
 def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -279,68 +318,83 @@ def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     nirrg = (B08, B04, B03); ndvi = (B08 - B04) / (B08 + B04); evi = 2.5 (B08 - B04) / (B08 + 6 B04 - 7.5 B02 + 1).
     """
     nir, red = bands["B08"], bands["B04"]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        if name == "nirrg":
-            return np.stack([nir, red, bands["B03"]]).astype(np.float32)
-        if name == "ndvi":
-            value = (nir - red) / (nir + red)
-        elif name == "evi":
-            value = 2.5 * (nir - red) / (nir + 6 * red - 7.5 * bands["B02"] + 1)
-        else:
-            raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
-    return np.where(np.isfinite(value), value, np.nan).astype(np.float32)[None]
+    if name == "nirrg":
+        return np.stack([nir, red, bands["B03"]])
+    if name == "ndvi":
+        return _ratio(nir - red, nir + red)[None]
+    if name == "evi":
+        return _ratio(2.5 * (nir - red), nir + 6 * red - 7.5 * bands["B02"] + 1)[None]
+    raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
 
 
-def read_combinations(
+def combination_strips(
     product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Read ``product`` onto ``grid`` and compute ``combinations``, strip by strip.
+) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
+    """Read ``product`` onto ``grid`` and compute ``combinations``, one strip of ``strip_rows`` rows at a time.
 
-    Returns (combination -> (C, H, W) float32 with NaN where invalid, valid (H, W) bool). A pixel is
-    valid where every reflectance band has data and (cloud_mask=scl) its SCL class is not in
-    ``cloud_classes``; invalid pixels are NaN in every channel.
+    Yields (full-width window of the strip, combination -> (C, rows, W) float32 with NaN where invalid,
+    valid (rows, W) bool). A pixel is valid where every reflectance band has data (DN != 0) and
+    (cloud_mask=scl) its SCL class is not in ``cloud_classes``; invalid pixels are NaN in every channel.
     """
-    out = {name: np.full((len(COMBINATIONS[name]), grid.height, grid.width), np.nan, np.float32) for name in combinations}
-    valid = np.zeros((grid.height, grid.width), bool)
+    cloudy = np.isin(np.arange(256), settings.cloud_classes)
     readers = {band: OnGrid(path, grid, Resampling.nearest if band == SCL_BAND else Resampling.bilinear)
                for band, path in product.bands.items()}
     try:
         if readers[REFLECTANCE_BANDS[0]].warped:
             log.info("product %s: read onto the grid of the first date (%s)", product.folder, grid.crs.to_string())
         for window in strip_windows(grid.width, grid.height, strip_rows):
-            rows = slice(window.row_off, window.row_off + window.height)
-            bands = {band: reflectance(readers[band].read(window), product.offsets[band]) for band in REFLECTANCE_BANDS}
-            ok = np.logical_and.reduce([np.isfinite(v) for v in bands.values()])
+            dn = {band: readers[band].read(window) for band in REFLECTANCE_BANDS}
+            invalid = np.logical_or.reduce([d == 0 for d in dn.values()])
             if SCL_BAND in readers:
-                ok &= ~np.isin(readers[SCL_BAND].read(window), settings.cloud_classes)
-            valid[rows] = ok
-            for name in combinations:
-                values = band_combination(name, bands)
-                values[:, ~ok] = np.nan
-                out[name][:, rows] = values
+                scl = readers[SCL_BAND].read(window)
+                invalid |= cloudy[scl] if scl.dtype == np.uint8 else np.isin(scl, settings.cloud_classes)
+            bands = {band: reflectance(dn.pop(band), product.offsets[band], invalid) for band in REFLECTANCE_BANDS}
+            yield window, {name: band_combination(name, bands) for name in combinations}, ~invalid
     finally:
         for reader in readers.values():
             reader.close()
-    return out, valid
 
 
-def channel_percentiles(channels: Sequence[np.ndarray], settings: NormalizeSettings) -> tuple[float, float]:
-    """(low, high) percentiles of the finite values of ``channels`` (arrays of one channel, e.g. of both dates)
-    together; ValueError when none is finite."""
-    values = np.concatenate([c[np.isfinite(c)] for c in channels])
-    if values.size == 0:
-        raise ValueError("no finite value")
-    low, high = np.percentile(values, [settings.low_percentile, settings.high_percentile])
-    return float(low), float(high)
+def read_combinations(
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``combination_strips`` gathered whole, for small grids: (combination -> (C, H, W) float32, valid (H, W) bool)."""
+    strips = list(combination_strips(product, grid, combinations, settings, strip_rows))
+    return ({name: np.concatenate([combos[name] for _, combos, _ in strips], axis=1) for name in combinations},
+            np.concatenate([valid for _, _, valid in strips]))
 
 
-def stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Float values clamped to [low, high] and stretched linearly to 1..255, NaN -> 0 (NODATA): uint8, same shape.
+class ChannelHistogram:
+    """Counts of one channel's finite values in ``bins`` equal bins over [``low``, ``high``]; values outside
+    the range count in the end bins, NaN is not counted.
 
-    A constant channel (low == high) maps values <= low to 1 and above it to 255, as ``normalize.stretch_lut``.
+    Percentiles come out as bin centres interpolated like ``np.percentile``: within half a bin width
+    (``precision``) of the exact ones, unless they fall among values counted in an end bin from outside.
     """
-    if high > low:
-        scaled = 1.0 + (np.clip(values, low, high) - low) * (254.0 / (high - low))
-    else:
-        scaled = np.where(values > low, 255.0, 1.0)
-    return np.where(np.isnan(values), NODATA, np.rint(scaled)).astype(np.uint8)
+
+    def __init__(self, low: float, high: float, bins: int = HISTOGRAM_BINS):
+        self.low, self.bins = float(low), int(bins)
+        self.width = (float(high) - self.low) / self.bins
+        self.counts = np.zeros(self.bins, np.int64)
+
+    @property
+    def precision(self) -> float:
+        return self.width / 2
+
+    def add(self, values: np.ndarray) -> None:
+        """Count ``values`` (any shape, float32)."""
+        index = values * np.float32(1 / self.width)
+        index -= np.float32(self.low / self.width)
+        # Clamp into [0, bins - 0.5] (NaN stays NaN), then NaN -> bins: counted in a spare bin, dropped.
+        np.clip(index, 0, self.bins - 0.5, out=index)
+        np.fmin(index, self.bins, out=index)
+        self.counts += np.bincount(index.astype(np.intp).ravel(), minlength=self.bins + 1)[:self.bins]
+
+    def percentiles(self, percentiles: Sequence[float]) -> np.ndarray:
+        """Values at ``percentiles`` (0..100) of the counted values: float64; ValueError when none is counted."""
+        return self.low + (histogram_percentiles(self.counts, percentiles) + 0.5) * self.width
+
+
+def channel_histograms(combinations: Sequence[str], bins: int = HISTOGRAM_BINS) -> dict[str, list[ChannelHistogram]]:
+    """Combination -> an empty histogram per channel over CHANNEL_RANGES."""
+    return {name: [ChannelHistogram(*CHANNEL_RANGES[c], bins) for c in COMBINATIONS[name]] for name in combinations}

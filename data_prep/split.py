@@ -1,9 +1,14 @@
-"""Split stage: assign whole scenes to train/val/test and write the dataset index.
+"""Split stage: assign the chips of stored scenes to train/val/test and write the dataset index.
 
-A scene is never divided between splits. As in the burned-area study, scenes with few chips go
-to test and scenes with many chips to train/val: scenes are taken smallest first, into test
-until it holds about ``test_fraction`` of all chips, then into val until it holds about
-``val_fraction``; the rest is train. ``fixed`` pins chosen scenes to a split.
+Two rules, each aiming at about ``val_fraction`` and ``test_fraction`` of all chips in val and test:
+
+- ``scenes``: whole scenes, never divided between splits. Scenes are taken smallest first, into test
+  until it holds about ``test_fraction`` of all chips, then into val; the rest is train (as in the
+  burned-area study: scenes with few chips go to test). ``fixed`` pins chosen scenes to a split.
+  Needs at least three scenes with chips.
+- ``blocks``: square blocks of all scenes in one seeded shuffle (``data_prep.spatial_split``); a chip
+  takes the split of the block holding its centre and is dropped when it overlaps a block of another
+  split, so chips of different splits never share a pixel. Works on a single scene.
 """
 
 from __future__ import annotations
@@ -13,20 +18,27 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from apps.foundation.errors import InputError
-from apps.foundation.chips import SPLITS, write_dataset_index
+from apps.foundation.chips import SPLITS, ChipRecord, write_dataset_index
 from data_prep.chipping import SceneChips
+from data_prep.spatial_split import RasterWindows, split_windows
 
 log = logging.getLogger(__name__)
 
+SPLIT_METHODS = ("scenes", "blocks")
+
 
 @dataclass(frozen=True)
-class SplitSettings:
-    """Target shares of all chips for val and test (0..1), and scene name -> split pins."""
+class BlockSplitSettings:
+    """Shares of chips for val and test (0..1; the rest is train), assigned by square blocks of
+    ``block_size_px`` px (None: 4 x chip size) of all scenes in one shuffle seeded by ``seed``."""
 
     val_fraction: float = 0.2
     test_fraction: float = 0.2
-    fixed: Mapping[str, str] = field(default_factory=dict)
+    block_size_px: int | None = None
+    seed: int = 0
 
     def __post_init__(self):
         for name in ("val_fraction", "test_fraction"):
@@ -37,13 +49,41 @@ class SplitSettings:
             raise InputError(
                 f"split: val_fraction + test_fraction must be below 1, got {self.val_fraction + self.test_fraction}"
             )
+        if self.block_size_px is not None and self.block_size_px < 1:
+            raise InputError(f"split.block_size_px: must be a positive number of pixels, got {self.block_size_px}")
+
+    @property
+    def fractions(self) -> dict[str, float]:
+        """Split -> target share of all chips, in SPLITS order."""
+        return {"train": 1 - self.val_fraction - self.test_fraction, "val": self.val_fraction,
+                "test": self.test_fraction}
+
+    def block_size(self, chip_size: int) -> int:
+        """Side of a block, px."""
+        return int(self.block_size_px) if self.block_size_px is not None else 4 * chip_size
+
+
+@dataclass(frozen=True)
+class SplitSettings(BlockSplitSettings):
+    """The split rule: ``method`` ``scenes`` or ``blocks`` (see the module) with the shares and block
+    settings of BlockSplitSettings; ``fixed``: scene name -> split pins (``scenes`` only)."""
+
+    method: str = "scenes"
+    fixed: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method not in SPLIT_METHODS:
+            raise InputError(f"split.method: unknown method {self.method!r} (expected one of {', '.join(SPLIT_METHODS)})")
+        if self.fixed and self.method != "scenes":
+            raise InputError(f"split.fixed: pins whole scenes, only with split.method=scenes (got {self.method})")
         for scene, split in self.fixed.items():
             if split not in SPLITS:
                 raise InputError(f"split.fixed.{scene}: unknown split {split!r} (expected one of {', '.join(SPLITS)})")
 
 
-def assign_splits(chip_counts: Mapping[str, int], settings: SplitSettings = SplitSettings()) -> dict[str, str]:
-    """Scene -> split for scenes with chips (scene -> number of chips, all > 0).
+def assign_scene_splits(chip_counts: Mapping[str, int], settings: SplitSettings = SplitSettings()) -> dict[str, str]:
+    """Scene -> split by the ``scenes`` rule, for scenes with chips (scene -> number of chips, all > 0).
 
     Every split gets at least one scene; raises InputError when there are too few scenes for that.
     """
@@ -68,9 +108,46 @@ def assign_splits(chip_counts: Mapping[str, int], settings: SplitSettings = Spli
     if empty:
         raise InputError(
             f"only {len(chip_counts)} usable scene(s) with chips ({', '.join(sorted(chip_counts)) or 'none'}): "
-            f"need at least one scene per split, {', '.join(empty)} left empty"
+            f"need at least one scene per split, {', '.join(empty)} left empty (or split.method=blocks)"
         )
     return assignment
+
+
+def split_by_scenes(scenes: Sequence[SceneChips], settings: SplitSettings) -> dict[str, list[ChipRecord]]:
+    """Scene -> its chips with their split by the ``scenes`` rule (scenes with chips only)."""
+    assignment = assign_scene_splits({s.scene: len(s.records) for s in scenes}, settings)
+    return {s.scene: [replace(r, split=assignment[s.scene]) for r in s.records] for s in scenes}
+
+
+def split_by_blocks(scenes: Sequence[SceneChips], chip_size: int,
+                    settings: BlockSplitSettings) -> dict[str, list[ChipRecord]]:
+    """Scene -> its chips with their split by the ``blocks`` rule, chips of ``chip_size`` px; chips
+    overlapping a block of another split are left out. InputError when a split gets no chip."""
+    block_size = settings.block_size(chip_size)
+    rasters = {
+        s.scene: RasterWindows(np.array([r.row_off for r in s.records], np.int64),
+                               np.array([r.col_off for r in s.records], np.int64), chip_size, s.height, s.width)
+        for s in scenes
+    }
+    assigned = split_windows(rasters, block_size, settings.fractions, settings.seed)
+    result = {}
+    for s in scenes:
+        split = assigned[s.scene]
+        result[s.scene] = [replace(r, split=SPLITS[int(i)]) for r, i, keep in zip(s.records, split.split, split.keep)
+                           if keep]
+        log.info("split %s: %d of %d chips kept clear of other splits' blocks", s.scene, len(result[s.scene]),
+                 len(s.records))
+    counts = {split: sum(r.split == split for records in result.values() for r in records) for split in SPLITS}
+    empty = [split for split, n in counts.items() if n == 0]
+    if empty:
+        raise InputError(f"split: no chip in {', '.join(empty)} (chips per split {counts}; use more or larger scenes, "
+                         f"or another split.block_size_px than {block_size} or split.seed)")
+    return result
+
+
+def no_chips_error(skipped: Mapping[str, str]) -> InputError:
+    """The one-line error of a prep where no scene yields a chip: each scene and why."""
+    return InputError("no scene yields a chip (" + "; ".join(f"{s}: {r}" for s, r in skipped.items()) + ")")
 
 
 def write_split_dataset(
@@ -80,26 +157,37 @@ def write_split_dataset(
     classes: Sequence[str],
     arrays: Mapping[str, Mapping],
     attrs: Mapping | None = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> Path:
-    """Split ``scenes`` (as stored by the chip stage) and write ``manifest.csv`` and ``dataset.json``.
+    """Split ``scenes`` (as stored by the chip stage) by ``settings.method`` and write ``manifest.csv`` and
+    ``dataset.json``; returns the path of ``dataset.json``.
 
-    Scenes without kept chips are reported and left out (listed in attrs ``left_out``).
-    Returns the path of ``dataset.json``.
+    ``skipped``: scene -> why, for scenes that yielded no chip before the chip stage stored any. Scenes
+    stored without kept chips join them; all are listed in attrs ``skipped``. Each scene's entry in
+    ``dataset.json`` counts its chips per split (``splits``). Raises InputError when no scene has a chip.
     """
+    skipped = dict(skipped or {})
+    skipped.update({s.scene: f"chip: no chip kept of {s.windows_total} windows" for s in scenes if not s.records})
+    for scene, reason in skipped.items():
+        log.warning("scene %s: skipped, it yields no chip (%s)", scene, reason)
     usable = [s for s in scenes if s.records]
-    left_out = {s.scene: f"no chip kept of {s.windows_total} windows" for s in scenes if not s.records}
-    for scene, reason in left_out.items():
-        log.warning("scene %s: %s; left out of the dataset", scene, reason)
-    assignment = assign_splits({s.scene: len(s.records) for s in usable}, settings)
-    records = [replace(r, split=assignment[s.scene]) for s in usable for r in s.records]
+    if not usable:
+        raise no_chips_error(skipped)
+    if settings.method == "scenes":
+        split_records = split_by_scenes(usable, settings)
+    else:
+        split_records = split_by_blocks(usable, usable[0].records[0].width, settings)
+    records = [r for s in usable for r in split_records[s.scene]]
     scene_index = {
-        s.scene: {"split": assignment[s.scene], "chips": len(s.records), "windows": s.windows_total,
-                  "arrays": s.arrays, "sources": list(s.records[0].sources)}
+        s.scene: {"splits": {split: sum(r.split == split for r in split_records[s.scene]) for split in SPLITS},
+                  "chips": len(s.records), "windows": s.windows_total, "arrays": s.arrays,
+                  "sources": list(s.records[0].sources)}
         for s in usable
     }
     for split in SPLITS:
-        members = [s for s, a in assignment.items() if a == split]
-        log.info("split %s: %d chips from %s", split, sum(len(x.records) for x in usable if x.scene in members),
-                 ", ".join(sorted(members)))
-    return write_dataset_index(out_root, records, scene_index, classes, arrays,
-                               {**(attrs or {}), "left_out": left_out})
+        members = sorted(s for s, info in scene_index.items() if info["splits"][split])
+        log.info("split %s: %d chips from %s", split, sum(r.split == split for r in records), ", ".join(members))
+    path = write_dataset_index(out_root, records, scene_index, classes, arrays, {**(attrs or {}), "skipped": skipped})
+    log.info("dataset complete: %s (%d of %d scenes; skipped: %s)", path, len(usable), len(usable) + len(skipped),
+             ", ".join(f"{s} ({r})" for s, r in skipped.items()) or "none")
+    return path

@@ -31,7 +31,7 @@ def _write_disc_dataset(root: Path, chips_per_scene: int, size: int, seed: int, 
             radius = rng.uniform(size * 0.2, size * 0.35)
             masks[i] = ((yy - cy) ** 2 + (xx - cx) ** 2) < radius ** 2
         arrays = save_scene_arrays(root, scene, {**make_arrays(rng, masks), "mask": masks})
-        scenes[scene] = {"split": split, "chips": chips_per_scene, "arrays": arrays}
+        scenes[scene] = {"splits": {split: chips_per_scene}, "arrays": arrays}
         for i in range(chips_per_scene):
             positive = float(masks[i].mean())
             records.append(ChipRecord(

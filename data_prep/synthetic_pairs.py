@@ -13,7 +13,8 @@ DN (reflectance x10000, plus 1000 for baseline 05.00; nodata 0); SCL is uint8 at
 forest everywhere; clearings that appear between the dates (NIR drops, red rises: PRODES polygons
 of TARGET_YEAR); older clearings, pasture in both dates (earlier years, one of them the year before
 the target, whose image dates open the date window); a river (hidrografia);
-clouds and their shadows on one date, marked in its SCL (classes 9 and 3).
+clouds and their shadows on one date, marked in its SCL (classes 9 and 3). Everything is written strip
+by strip, so ``size=10980`` (a full Sentinel-2 tile, SCL 5490 px) needs only a few strips of memory.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from __future__ import annotations
 import logging
 import uuid
 import xml.etree.ElementTree as ET
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Iterator
 
 import geopandas as gpd
 import numpy as np
@@ -32,18 +35,23 @@ import rasterio
 from omegaconf import DictConfig
 from rasterio import Affine
 from rasterio.features import rasterize
+from rasterio.windows import Window
 from shapely.affinity import rotate, translate
 from shapely.geometry import LineString, Polygon, box
 from shapely.ops import unary_union
 
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
+from data_prep.geotiff import strip_windows
 from data_prep.sentinel2 import BASELINE_OFFSET, MTD_BAND_IDS, REFLECTANCE_BANDS
 from data_prep.synthetic import POLYGON_FORMATS, ValueNoise, blob, write_polygons
 
 log = logging.getLogger(__name__)
 
 PIXEL_SIZE_M = 10.0
+STRIP_ROWS = 1024
+"""Rows generated per step (even, so that SCL strips at 20 m align)."""
+BLOCK_SIZE = 512
 POLYGON_CRS = "EPSG:4674"
 TARGET_YEAR = 2021
 DATES = {"before": (date(2020, 7, 20), "02.14", 0), "after": (date(2021, 7, 28), "05.00", BASELINE_OFFSET)}
@@ -138,45 +146,44 @@ def area_features(spec: AreaSpec) -> AreaFeatures:
     return AreaFeatures(new, old, river, clouds, shadows)
 
 
-def _burn(polygons: list[Polygon], spec: AreaSpec) -> np.ndarray:
-    """(size, size) bool: pixels whose centre lies in one of ``polygons``."""
+def _burn(polygons: list[Polygon], spec: AreaSpec, window: Window) -> np.ndarray:
+    """(rows, size) bool: pixels of the full-width ``window`` whose centre lies in one of ``polygons``."""
     if not polygons:
-        return np.zeros((spec.size, spec.size), bool)
-    shapes = [(p, 1) for p in polygons]
-    return rasterize(shapes, out_shape=(spec.size, spec.size), transform=spec.transform, dtype=np.uint8).astype(bool)
+        return np.zeros((window.height, spec.size), bool)
+    transform = spec.transform @ Affine.translation(0, window.row_off)
+    return rasterize([(p, 1) for p in polygons], out_shape=(window.height, spec.size), transform=transform,
+                     dtype=np.uint8).astype(bool)
 
 
-def area_scenes(spec: AreaSpec, features: AreaFeatures) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Date -> (reflectance x10000 of REFLECTANCE_BANDS (4, size, size) float32, SCL at 10 m (size, size) uint8)."""
+def area_strips(spec: AreaSpec, features: AreaFeatures, strip_rows: int = STRIP_ROWS,
+                ) -> Iterator[tuple[Window, dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """Per full-width strip of ``strip_rows`` rows: (window, date -> (reflectance x10000 of REFLECTANCE_BANDS
+    (4, rows, size) float32, SCL at 10 m (rows, size) uint8)). Deterministic from ``spec.seed``."""
     rng = np.random.default_rng([spec.seed, 2])
-    texture = ValueNoise(rng, spec.size, spec.size, 10).rows(0, spec.size)
-    canopy = ValueNoise(rng, spec.size, spec.size, 60).rows(0, spec.size)
-    new, water = _burn(features.new, spec), _burn([features.river], spec)
-    old = _burn([p for p, _ in features.old], spec)
-    clouds, shadows = _burn(features.clouds, spec), _burn(features.shadows, spec)
-    scenes = {}
-    for name in DATES:
-        cleared_now = old | (new if name == "after" else np.zeros_like(new))
-        value = FOREST[:, None, None] * (1 + 0.12 * texture + 0.06 * canopy)
-        value = np.where(old, PASTURE[:, None, None] * (1 + 0.1 * texture), value)
-        if name == "after":
-            value = np.where(new, CLEARED[:, None, None] * (1 + 0.15 * texture), value)
-        value = np.where(water, WATER[:, None, None], value)
-        scl = np.where(water, SCL_WATER, np.where(cleared_now, SCL_NOT_VEGETATED, SCL_VEGETATION)).astype(np.uint8)
-        if name == spec.cloudy_date:
-            value = np.where(shadows, value * SHADOW_GAIN, value)
-            value = np.where(clouds, CLOUD[:, None, None] * (1 + 0.05 * texture), value)
-            scl[shadows & ~clouds], scl[clouds] = SCL_SHADOW, SCL_CLOUD
-        value += rng.normal(0, 1, value.shape).astype(np.float32) * (0.03 * FOREST[:, None, None] + 15)
-        scenes[name] = (np.clip(value, 1, 10000).astype(np.float32), scl)
-    return scenes
-
-
-def _write_raster(path: Path, data: np.ndarray, transform: Affine, epsg: int) -> None:
-    profile = {"driver": "GTiff", "width": data.shape[1], "height": data.shape[0], "count": 1, "dtype": data.dtype.name,
-               "crs": f"EPSG:{epsg}", "transform": transform, "nodata": 0, "compress": "deflate"}
-    with atomic_path(path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-        dst.write(data, 1)
+    texture_field = ValueNoise(rng, spec.size, spec.size, 10)
+    canopy_field = ValueNoise(rng, spec.size, spec.size, 60)
+    for window in strip_windows(spec.size, spec.size, strip_rows):
+        texture, canopy = (f.rows(window.row_off, window.height) for f in (texture_field, canopy_field))
+        new, water = _burn(features.new, spec, window), _burn([features.river], spec, window)
+        old = _burn([p for p, _ in features.old], spec, window)
+        clouds, shadows = _burn(features.clouds, spec, window), _burn(features.shadows, spec, window)
+        scenes = {}
+        for i, name in enumerate(DATES):
+            cleared_now = old | new if name == "after" else old
+            value = FOREST[:, None, None] * (1 + 0.12 * texture + 0.06 * canopy)
+            value = np.where(old, PASTURE[:, None, None] * (1 + 0.1 * texture), value)
+            if name == "after":
+                value = np.where(new, CLEARED[:, None, None] * (1 + 0.15 * texture), value)
+            value = np.where(water, WATER[:, None, None], value)
+            scl = np.where(water, SCL_WATER, np.where(cleared_now, SCL_NOT_VEGETATED, SCL_VEGETATION)).astype(np.uint8)
+            if name == spec.cloudy_date:
+                value = np.where(shadows, value * SHADOW_GAIN, value)
+                value = np.where(clouds, CLOUD[:, None, None] * (1 + 0.05 * texture), value)
+                scl[shadows & ~clouds], scl[clouds] = SCL_SHADOW, SCL_CLOUD
+            noise = np.random.default_rng([spec.seed, 3, i, window.row_off]).standard_normal(value.shape, np.float32)
+            value += noise * (0.03 * FOREST[:, None, None] + 15)
+            scenes[name] = (np.clip(value, 1, 10000), scl)
+        yield window, scenes
 
 
 def mtd_xml(sensing: date, baseline: str, offset: int) -> str:
@@ -198,17 +205,31 @@ def mtd_xml(sensing: date, baseline: str, offset: int) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_area(area_dir: Path, spec: AreaSpec, features: AreaFeatures) -> None:
-    """Write the ``before/`` and ``after/`` products of one area (band files, SCL at 20 m, MTD_MSIL2A.xml)."""
-    scl_transform = spec.transform @ Affine.scale(2)
-    for name, (reflectance, scl) in area_scenes(spec, features).items():
-        sensing, baseline, offset = DATES[name]
-        folder = Path(area_dir) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, band in enumerate(REFLECTANCE_BANDS):
-            _write_raster(folder / f"{band}.tif", np.rint(reflectance[i] - offset).astype(np.uint16), spec.transform, spec.epsg)
-        _write_raster(folder / "SCL.tif", scl[::2, ::2], scl_transform, spec.epsg)
-        atomic_write_text(folder / "MTD_MSIL2A.xml", mtd_xml(sensing, baseline, offset))
+def write_area(area_dir: Path, spec: AreaSpec, features: AreaFeatures, compress: str | None = "deflate") -> None:
+    """Write the ``before/`` and ``after/`` products of one area (band files, SCL at 20 m, MTD_MSIL2A.xml) strip by
+    strip: tiled GeoTIFFs, ``compress``ed (None: not), each appearing complete or not at all."""
+    profile = {"driver": "GTiff", "crs": f"EPSG:{spec.epsg}", "nodata": 0, "tiled": True, "blockxsize": BLOCK_SIZE,
+               "blockysize": BLOCK_SIZE, "count": 1, **({"compress": compress} if compress else {})}
+    scl_size = -(-spec.size // 2)
+    with ExitStack() as stack:
+        def output(path: Path, size: int, transform: Affine, dtype: str) -> rasterio.io.DatasetWriter:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return stack.enter_context(rasterio.open(stack.enter_context(atomic_path(path)), "w", **profile, width=size,
+                                                     height=size, transform=transform, dtype=dtype))
+
+        files = {(name, band): output(Path(area_dir) / name / f"{band}.tif", spec.size, spec.transform, "uint16")
+                 for name in DATES for band in REFLECTANCE_BANDS}
+        files.update({(name, "SCL"): output(Path(area_dir) / name / "SCL.tif", scl_size,
+                                            spec.transform @ Affine.scale(2), "uint8") for name in DATES})
+        for window, scenes in area_strips(spec, features):
+            scl_window = Window(0, window.row_off // 2, scl_size, -(-window.height // 2))
+            for name, (reflectance, scl) in scenes.items():
+                offset = DATES[name][2]
+                for i, band in enumerate(REFLECTANCE_BANDS):
+                    files[name, band].write(np.rint(reflectance[i] - offset).astype(np.uint16), 1, window=window)
+                files[name, "SCL"].write(scl[::2, ::2], 1, window=scl_window)
+    for name, (sensing, baseline, offset) in DATES.items():
+        atomic_write_text(Path(area_dir) / name / "MTD_MSIL2A.xml", mtd_xml(sensing, baseline, offset))
 
 
 def prodes_frame(spec: AreaSpec, features: AreaFeatures) -> gpd.GeoDataFrame:
@@ -230,16 +251,17 @@ def prodes_frame(spec: AreaSpec, features: AreaFeatures) -> gpd.GeoDataFrame:
     return frame.to_crs(POLYGON_CRS)
 
 
-def generate_pairs(out_dir: Path, n_areas: int = 4, size: int = 768, seed: int = 0) -> tuple[Path, Path]:
-    """Write ``n_areas`` synthetic areas under ``out_dir/areas/`` and ``out_dir/prodes.gpkg``;
-    returns (areas folder, polygon file)."""
+def generate_pairs(out_dir: Path, n_areas: int = 4, size: int = 768, seed: int = 0,
+                   compress: str | None = "deflate") -> tuple[Path, Path]:
+    """Write ``n_areas`` synthetic areas under ``out_dir/areas/`` and ``out_dir/prodes.gpkg``; returns (areas
+    folder, polygon file). Written strip by strip, so a full-size pair (``size`` 10980) needs a few strips of memory."""
     if n_areas < 1 or size < 64:
         raise InputError(f"need n_areas >= 1 and size >= 64 px, got n_areas={n_areas}, size={size}")
     out_dir = Path(out_dir)
     frames = []
     for spec in plan_areas(n_areas, size, seed):
         features = area_features(spec)
-        write_area(out_dir / "areas" / spec.name, spec, features)
+        write_area(out_dir / "areas" / spec.name, spec, features, compress)
         frames.append(prodes_frame(spec, features))
         log.info("synthetic %s: %d px, EPSG:%d, %d new and %d older clearings, clouds on %s", spec.name, size,
                  spec.epsg, len(features.new), len(features.old), spec.cloudy_date)

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from data_prep.chipping import ChipSettings, chip_scene
+from data_prep.burned_area import BurnChipSettings
+from data_prep.chipping import chip_scene
 from data_prep.geotiff import GeoTiffSettings, strip_windows
-from data_prep.label import label_raster
+from data_prep.label import CLASSES, label_raster
 from data_prep.normalize import normalize_bands
 from data_prep.scenes import find_scene
 from data_prep.synthetic import generate_full_tile
@@ -39,7 +40,7 @@ RGB_BANDS = ("B04", "B03", "B02")
 def run_stages(scene_dir: Path, polygons: Path, out_dir: Path) -> dict:
     """Normalize, label and chip one scene with the default settings; seconds per stage and chips kept."""
     scene = find_scene(scene_dir, (*RGB_BANDS, "TCI"))
-    gtiff, chip = GeoTiffSettings(), ChipSettings()
+    gtiff, chip = GeoTiffSettings(), BurnChipSettings()
     normalized, label = out_dir / "work" / "normalized.tif", out_dir / "work" / "label.tif"
     seconds = {}
     start = time.perf_counter()
@@ -49,8 +50,8 @@ def run_stages(scene_dir: Path, polygons: Path, out_dir: Path) -> dict:
     burned = label_raster(polygons, normalized, label, gtiff=gtiff, show_progress=False)
     seconds["label"] = time.perf_counter() - start
     start = time.perf_counter()
-    chips = chip_scene(scene.name, label, {"normalized": normalized, "tci": scene.bands["TCI"]}, out_dir, chip,
-                       show_progress=False)
+    chips = chip_scene(scene.name, label, {"normalized": normalized, "tci": scene.bands["TCI"]}, out_dir,
+                       chip.window_settings, chip.keep, CLASSES, show_progress=False)
     seconds["chip"] = time.perf_counter() - start
     return {"stages_s": seconds, "chips_kept": len(chips.records), "windows": chips.windows_total,
             "burned_fraction": burned}

@@ -48,11 +48,10 @@ def synthetic_scenes(tmp_path_factory):
 def burned_area_chips(tmp_path_factory, synthetic_scenes) -> Path:
     """A complete burned-area chip dataset (apps.foundation.chips layout) prepared from ``synthetic_scenes``
     with 64 px chips: arrays ``normalized``, ``tci`` (N, 3, 64, 64) and ``mask`` (N, 64, 64). Read-only."""
-    from data_prep.burned_area import PrepConfig, prepare
-    from data_prep.chipping import ChipSettings
+    from data_prep.burned_area import BurnChipSettings, PrepConfig, prepare
 
     out_dir = tmp_path_factory.mktemp("burned_area_chips")
     config = PrepConfig(out_dir=out_dir, scenes_dir=synthetic_scenes.scenes_dir, polygons=synthetic_scenes.polygons,
-                        chip=ChipSettings(**TINY_CHIP), progress=False)
+                        chip=BurnChipSettings(**TINY_CHIP), progress=False)
     prepare(config)
     return out_dir

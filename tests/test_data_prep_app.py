@@ -1,9 +1,11 @@
-"""The burned-area prep app end to end: the dataset it writes, resuming, per-scene stages, bad input."""
+"""The burned-area prep app end to end: the dataset it writes, resuming, per-scene stages, scenes without chips,
+split rules, band types, bad input."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,17 +20,17 @@ import rasterio
 from rasterio.windows import Window
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
-from conftest import TINY_CHIP
-from data_prep.burned_area import PrepConfig, prepare
+from conftest import TINY_CHIP, write_geotiff
+from data_prep.burned_area import BurnChipSettings, PrepConfig, prepare
 from apps.foundation.chips import ChipDataset
-from data_prep.chipping import ChipSettings
+from data_prep.split import SplitSettings
 
 CLI_CHIP = [f"chip.{key}={value}" for key, value in TINY_CHIP.items()]
 
 
 def tiny_config(out_dir: Path, scenes_dir: Path, polygons: Path, **changes) -> PrepConfig:
     return PrepConfig(out_dir=out_dir, scenes_dir=scenes_dir, polygons=polygons,
-                      chip=changes.pop("chip", ChipSettings(**TINY_CHIP)), progress=False, **changes)
+                      chip=changes.pop("chip", BurnChipSettings(**TINY_CHIP)), progress=False, **changes)
 
 
 def copy_scenes(synthetic_scenes, tmp_path: Path, n: int | None = None) -> Path:
@@ -86,7 +88,7 @@ def test_rerun_skips_finished_work_and_redoes_what_changed(tmp_path, synthetic_s
     prepare(config)
     assert {p: p.stat().st_mtime_ns for p in outputs} == before and manifest_rows(out) == rows
     prepare(tiny_config(out, synthetic_scenes.scenes_dir, synthetic_scenes.polygons,
-                        chip=ChipSettings(**{**TINY_CHIP, "min_class_fraction": 0.2})))
+                        chip=BurnChipSettings(**{**TINY_CHIP, "min_class_fraction": 0.2})))
     assert all(p.stat().st_mtime_ns == before[p] for p in outputs if p.suffix == ".tif")
     assert all(p.stat().st_mtime_ns != before[p] for p in outputs if p.suffix == ".json")
     assert min(r.class_fractions["burned"] for r in ChipDataset(out).records) >= 0.2
@@ -150,14 +152,16 @@ def _break_scene_band(scenes_dir: Path, band: str, how: str) -> None:
 @pytest.mark.parametrize("case, message", [
     ("missing band", r"scene folder .*scene_01: band B02 missing"),
     ("all-nodata raster", r"band .*scene_01/B04.tif: no valid pixels"),
-    ("polygons outside", r"polygons .*far.gpkg: no polygon overlaps the raster"),
+    ("polygons outside", r"no scene yields a chip \(scene_00: label: no polygon overlaps the raster \(all \d+ lie "
+                         r"outside it\); scene_01: label: .*; scene_02: label: .*\)$"),
     ("empty polygons", r"polygons .*empty.gpkg: empty"),
-    ("smaller than a chip", r"scene scene_00: raster \d+x\d+ px is smaller than one chip \(512x512 px\)"),
+    ("smaller than a chip", r"no scene yields a chip \(scene_00: chip: raster \d+x\d+ px is smaller than one chip "
+                            r"\(512x512 px\); scene_01: chip: .*\)$"),
     ("too few scenes", r"only 2 usable scene\(s\) with chips \(scene_00, scene_01\)"),
 ])
 def test_bad_input_stops_with_one_line_and_no_dataset(tmp_path, synthetic_scenes, case, message):
     scenes_dir = copy_scenes(synthetic_scenes, tmp_path, n=2 if case == "too few scenes" else 3)
-    polygons, chip = synthetic_scenes.polygons, ChipSettings(**TINY_CHIP)
+    polygons, chip = synthetic_scenes.polygons, BurnChipSettings(**TINY_CHIP)
     if case == "missing band":
         _break_scene_band(scenes_dir, "B02", "delete")
     elif case == "all-nodata raster":
@@ -169,12 +173,113 @@ def test_bad_input_stops_with_one_line_and_no_dataset(tmp_path, synthetic_scenes
         polygons = tmp_path / "empty.gpkg"
         gpd.read_file(synthetic_scenes.polygons).iloc[:0].to_file(polygons)
     elif case == "smaller than a chip":
-        chip = ChipSettings(size=512)
+        chip = BurnChipSettings(size=512)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=message) as err:
         prepare(tiny_config(out, scenes_dir, polygons, chip=chip))
     assert "\n" not in str(err.value)
     assert not (out / "dataset.json").exists()
+
+
+def _polygons_missing(scene_dir: Path, polygons: Path, out: Path) -> Path:
+    """A copy of ``polygons`` without those near the scene in ``scene_dir``: the scene has no burn."""
+    from rasterio.warp import transform_bounds
+    from shapely.geometry import box
+
+    frame = gpd.read_file(polygons)
+    with rasterio.open(scene_dir / "B04.tif") as src:
+        near = box(*transform_bounds(src.crs, frame.crs, *src.bounds, densify_pts=21))
+    frame[~frame.intersects(near)].to_file(out)
+    return out
+
+
+def _crop_scene(source: Path, target: Path, window: Window) -> None:
+    """``target``: ``window`` of every band of scene folder ``source``."""
+    for path in source.glob("*.tif"):
+        with rasterio.open(path) as src:
+            write_geotiff(target / path.name, src.read(window=window), src.window_transform(window),
+                          crs=src.crs.to_string(), nodata=src.nodata)
+
+
+def test_scenes_without_chips_are_skipped_and_listed(tmp_path, synthetic_scenes, burned_area_chips):
+    scenes_dir = copy_scenes(synthetic_scenes, tmp_path)
+    with rasterio.open(burned_area_chips / "work" / "scene_00" / "label.tif") as src:
+        row, col = np.argwhere(src.read(1) == 1)[0]
+    _crop_scene(scenes_dir / "scene_00", scenes_dir / "tiny", Window(int(col), int(row), 40, 40))  # < one chip
+    polygons = _polygons_missing(scenes_dir / "scene_04", synthetic_scenes.polygons, tmp_path / "no_04.gpkg")
+    out = tmp_path / "out"
+    config = tiny_config(out, scenes_dir, polygons)
+    prepare(config)
+    dataset = ChipDataset(out)
+    skipped = dataset.attrs["skipped"]
+    assert set(skipped) == {"scene_04", "tiny"} and "left_out" not in dataset.attrs
+    assert re.fullmatch(r"label: no polygon overlaps the raster \(all \d+ lie outside it\)", skipped["scene_04"])
+    assert skipped["tiny"] == "chip: raster 40x40 px is smaller than one chip (64x64 px)"
+    assert {r.scene for r in dataset.records} == {"scene_00", "scene_01", "scene_02", "scene_03"}
+    assert json.loads((out / "work" / "scene_04" / "skipped.json").read_text())["stage"] == "label"
+
+    # A per-scene fan-out of a later stage passes over the skipped scene; the split still knows why.
+    prepare(config, stage="chip", scene="scene_04")
+    assert not (out / "scenes" / "scene_04").exists()
+    prepare(config, stage="split")
+    assert ChipDataset(out).attrs["skipped"] == skipped
+
+    # Once the scene yields chips, its record goes and its chips join the dataset.
+    prepare(tiny_config(out, scenes_dir, synthetic_scenes.polygons))
+    assert not (out / "work" / "scene_04" / "skipped.json").exists()
+    assert ChipDataset(out).attrs["skipped"] == {"tiny": skipped["tiny"]}
+    assert {r.scene for r in ChipDataset(out).records} == set(synthetic_scenes.scenes)
+
+
+def test_cli_split_fixed_override_pins_a_scene(tmp_path, synthetic_scenes, burned_area_chips):
+    out = tmp_path / "out"
+    shutil.copytree(burned_area_chips, out)
+    assert {r.split for r in ChipDataset(out).records if r.scene == "scene_02"} != {"test"}
+    result = run_cli("stage=split", f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={out}",
+                     "split.fixed={scene_02: test}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    dataset = ChipDataset(out)
+    assert {r.split for r in dataset.records if r.scene == "scene_02"} == {"test"}
+    assert dataset.attrs["split"]["fixed"] == {"scene_02": "test"}
+
+
+def _as_float_reflectance(scene_dir: Path) -> None:
+    """Rewrite the B02/B03/B04 bands of a scene as float32 reflectance (DN / 10000), nodata NaN."""
+    for band in ("B02", "B03", "B04"):
+        path = scene_dir / f"{band}.tif"
+        with rasterio.open(path) as src:
+            dn, transform, crs = src.read(1), src.transform, src.crs.to_string()
+        reflectance = np.where(dn == 0, np.nan, dn / 10000).astype(np.float32)
+        write_geotiff(path, reflectance, transform, crs=crs, nodata=np.nan)
+
+
+def test_one_scene_of_float_bands_splits_by_blocks(tmp_path, synthetic_scenes, burned_area_chips):
+    scenes_dir = copy_scenes(synthetic_scenes, tmp_path, n=1)
+    _as_float_reflectance(scenes_dir / "scene_00")
+    with pytest.raises(InputError, match=r"only 1 usable scene\(s\) .*split.method=blocks"):
+        prepare(tiny_config(tmp_path / "by_scene", scenes_dir, synthetic_scenes.polygons))
+    out = tmp_path / "out"
+    prepare(tiny_config(out, scenes_dir, synthetic_scenes.polygons,
+                        split=SplitSettings(method="blocks", block_size_px=112)))
+    dataset = ChipDataset(out)
+    records = {split: dataset.split_records(split) for split in ("train", "val", "test")}
+    assert all(records.values())
+    for split, rows in records.items():
+        for a in rows:
+            assert not any(windows_overlap(a, b) for other in records if other != split for b in records[other])
+    info = dataset.index["scenes"]["scene_00"]
+    assert info["splits"] == dataset.index["splits"] and sum(info["splits"].values()) <= info["chips"]
+    assert dataset.attrs["split"]["method"] == "blocks" and dataset.attrs["split"]["block_size_px"] == 112
+    # The float bands give the chips the uint16 bands gave (DN / 10000 stretches alike).
+    reference = ChipDataset(burned_area_chips)
+    assert info["chips"] == reference.index["scenes"]["scene_00"]["chips"]
+    np.testing.assert_array_equal(dataset.open_array("scene_00", "normalized"),
+                                  reference.open_array("scene_00", "normalized"))
+
+
+def windows_overlap(a, b) -> bool:
+    return (a.row_off < b.row_off + b.height and b.row_off < a.row_off + a.height
+            and a.col_off < b.col_off + b.width and b.col_off < a.col_off + a.width)
 
 
 def test_polygons_in_another_crs_give_the_same_labels(tmp_path, synthetic_scenes, burned_area_chips):

@@ -1,4 +1,4 @@
-"""Chip stage: windows cover the right/bottom edges, class-fraction filtering, chip contents and georeferencing."""
+"""Chip stage: windows cover the right/bottom edges, the burned-area keep rule, chip contents and georeferencing."""
 
 from __future__ import annotations
 
@@ -13,11 +13,18 @@ from rasterio.windows import Window
 from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
 from apps.foundation.chips import IGNORE_INDEX
-from data_prep.chipping import (
-    ChipSettings, chip_scene, read_scene_chips, scan_windows, select_windows, window_offsets,
-)
+from data_prep.burned_area import BurnChipSettings
+from data_prep.chipping import ChipSettings, chip_scene, read_scene_chips, scan_windows, window_offsets
+from data_prep.label import CLASSES
+from data_prep.scenes import NoChips
 
 TRANSFORM = Affine(10, 0, 600_000, 0, -10, 5_000_000)
+
+
+def chip(label, images, out_root, settings: BurnChipSettings, **kwargs):
+    """chip_scene with the burned-area keep rule of ``settings``."""
+    return chip_scene("s", label, images, out_root, settings.window_settings, settings.keep, CLASSES,
+                      show_progress=False, **kwargs)
 
 
 def write(path: Path, data: np.ndarray, nodata=0, transform=TRANSFORM) -> Path:
@@ -53,27 +60,40 @@ def test_window_fractions_match_brute_force():
     settings = ChipSettings(size=16, overlap=0.25)
     windows = scan_windows(mask, settings)
     assert len(windows) == len(window_offsets(70, 16, 12)) * len(window_offsets(93, 16, 12))
-    for r, c, burned, nodata in zip(windows.row_off, windows.col_off, windows.burned_fraction,
-                                    windows.nodata_fraction):
-        chip = mask[r:r + 16, c:c + 16]
-        assert burned == np.mean(chip == 1) and nodata == np.mean(chip == IGNORE_INDEX)
+    for r, c, negative, positive, nodata in zip(windows.row_off, windows.col_off, windows.negative_fraction,
+                                                windows.positive_fraction, windows.nodata_fraction):
+        window = mask[r:r + 16, c:c + 16]
+        assert positive == np.mean(window == 1) and nodata == np.mean(window == IGNORE_INDEX)
+        assert negative == np.mean(window == 0)
     assert windows.row_off.max() == 70 - 16 and windows.col_off.max() == 93 - 16
 
 
-def test_class_fraction_filter():
+def test_burned_area_keep_rule():
     mask = np.zeros((10, 40), np.uint8)                      # four 10x10 windows side by side
     mask[:, 0:1] = 1                                          # window 0: 10 % burned -> kept
     mask[:, 10:19] = 1                                        # window 1: 90 % burned -> kept
     mask[:, 20:30] = 1                                        # window 2: all burned -> dropped
     mask[:, 30:32] = 1                                        # window 3: 20 % burned,
     mask[:2, 32:] = IGNORE_INDEX                              #           16 % nodata -> dropped at 0.1
-    settings = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.1, max_nodata_fraction=0.1)
-    kept = select_windows(scan_windows(mask, settings), settings)
-    assert kept.col_off.tolist() == [0, 10]
-    loose = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.1, max_nodata_fraction=0.2)
-    assert select_windows(scan_windows(mask, loose), loose).col_off.tolist() == [0, 10, 30]
-    strict = ChipSettings(size=10, overlap=0.0, min_class_fraction=0.15, max_nodata_fraction=0.2)
-    assert select_windows(scan_windows(mask, strict), strict).col_off.tolist() == [30]
+    windows = scan_windows(mask, ChipSettings(size=10, overlap=0.0))
+
+    def kept(**rule) -> list[int]:
+        return windows.col_off[BurnChipSettings(size=10, overlap=0.0, **rule).keep(windows)].tolist()
+
+    assert kept(min_class_fraction=0.1, max_nodata_fraction=0.1) == [0, 10]
+    assert kept(min_class_fraction=0.1, max_nodata_fraction=0.2) == [0, 10, 30]
+    assert kept(min_class_fraction=0.15, max_nodata_fraction=0.2) == [30]
+    with pytest.raises(InputError, match="chip.min_class_fraction"):
+        BurnChipSettings(min_class_fraction=0.6)
+
+
+def test_chip_stage_takes_any_keep_rule(tmp_path, scene_rasters):
+    """The generic chip stage keeps what the app's rule says, names classes as the app does."""
+    result = chip_scene("s", scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
+                        ChipSettings(size=32, overlap=0.25), lambda w: w.positive_fraction == 1, ("land", "sea"),
+                        show_progress=False)
+    assert result.records and all(r.class_fractions == {"land": 0.0, "sea": 1.0} for r in result.records)
+    assert all(r.col_off + 32 <= 50 for r in result.records)
 
 
 @pytest.fixture
@@ -93,10 +113,9 @@ def scene_rasters(tmp_path):
 
 
 def test_chip_scene_stores_windows_of_every_array(tmp_path, scene_rasters):
-    settings = ChipSettings(size=32, overlap=0.25, min_class_fraction=0.1)
+    settings = BurnChipSettings(size=32, overlap=0.25, min_class_fraction=0.1)
     images = {"normalized": scene_rasters["normalized"], "tci": scene_rasters["tci"]}
-    result = chip_scene("s", scene_rasters["label"], images, tmp_path / "out", settings, source="src",
-                        stamp={"k": 1}, show_progress=False)
+    result = chip(scene_rasters["label"], images, tmp_path / "out", settings, source="src", stamp={"k": 1})
     root = tmp_path / "out"
     normalized = np.load(root / result.arrays["normalized"], mmap_mode="r")
     tci = np.load(root / result.arrays["tci"], mmap_mode="r")
@@ -113,11 +132,12 @@ def test_chip_scene_stores_windows_of_every_array(tmp_path, scene_rasters):
         assert (record.split, record.sources, record.width, record.height) == ("", ("src",), 32, 32)
     stored = read_scene_chips(root, "s")
     assert stored.records == result.records and stored.stamp == {"k": 1}
+    assert (stored.height, stored.width) == (90, 100)
 
 
 def test_chip_transform_georeferences_the_chip(tmp_path, scene_rasters):
-    result = chip_scene("s", scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
-                        ChipSettings(size=32), show_progress=False)
+    result = chip(scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
+                  BurnChipSettings(size=32))
     with rasterio.open(scene_rasters["normalized"]) as src:
         for record in result.records:
             chip_transform = Affine(*record.transform)
@@ -132,27 +152,32 @@ def test_chip_transform_georeferences_the_chip(tmp_path, scene_rasters):
 
 
 def test_scene_without_kept_chips_is_stored_empty(tmp_path, scene_rasters):
-    result = chip_scene("s", scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
-                        ChipSettings(size=32, min_class_fraction=0.5), show_progress=False)
+    result = chip(scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path,
+                  BurnChipSettings(size=32, min_class_fraction=0.5))
     assert result.records == [] and np.load(tmp_path / result.arrays["mask"]).shape == (0, 32, 32)
 
 
 def test_raster_smaller_than_a_chip(tmp_path, scene_rasters):
-    with pytest.raises(InputError, match=r"scene s: raster 100x90 px is smaller than one chip \(96x96 px\)"):
-        chip_scene("s", scene_rasters["label"], {}, tmp_path / "out", ChipSettings(size=96), show_progress=False)
+    with pytest.raises(NoChips, match=r"scene s: raster 100x90 px is smaller than one chip \(96x96 px\)"):
+        chip(scene_rasters["label"], {}, tmp_path / "out", BurnChipSettings(size=96))
     assert not (tmp_path / "out" / "scenes").exists()
 
 
 def test_images_off_the_mask_grid(tmp_path, scene_rasters):
     shifted = write(tmp_path / "shifted.tif", scene_rasters["image"], transform=TRANSFORM @ Affine.translation(1, 0))
     with pytest.raises(InputError, match="not on the grid of mask"):
-        chip_scene("s", scene_rasters["label"], {"normalized": shifted}, tmp_path, ChipSettings(size=32),
-                   show_progress=False)
+        chip(scene_rasters["label"], {"normalized": shifted}, tmp_path, BurnChipSettings(size=32))
+
+
+def test_image_that_is_not_uint8_is_one_line(tmp_path, scene_rasters):
+    wide = write(tmp_path / "wide.tif", scene_rasters["image"].astype(np.uint16))
+    with pytest.raises(InputError, match=r"normalized raster .*wide.tif: data type uint16, expected uint8"):
+        chip(scene_rasters["label"], {"normalized": wide}, tmp_path, BurnChipSettings(size=32))
 
 
 def test_real_raster_smaller_than_a_chip(tmp_path):
     raster = SAMPLES / "raster_vector_pairs" / "eolearn_slovenia_utm33n" / "import-tiff-test1.tiff"
     if not raster.is_file():
         pytest.skip("real samples not available")
-    with pytest.raises(InputError, match=r"84x72 px is smaller than one chip \(256x256 px\)"):
-        chip_scene("eolearn", raster, {}, tmp_path, ChipSettings(), show_progress=False)
+    with pytest.raises(NoChips, match=r"84x72 px is smaller than one chip \(256x256 px\)"):
+        chip(raster, {}, tmp_path, BurnChipSettings())

@@ -22,9 +22,12 @@ from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from conftest import write_geotiff
 from data_prep.deforestation import BlockSplitSettings, PairChipSettings, PrepConfig, prepare
 from data_prep.prodes import ProdesSettings, date_window, label_mask, read_prodes
+from data_prep.geotiff import GeoTiffSettings
 from data_prep.sentinel2 import (
-    Grid, Sentinel2Settings, band_combination, open_product, read_combinations, stretch,
+    CHANNEL_RANGES, COMBINATIONS, HISTOGRAM_BINS, ChannelHistogram, Grid, Sentinel2Settings, band_combination,
+    open_product, read_combinations,
 )
+from data_prep.normalize import stretch
 from data_prep.spatial_split import RasterWindows, assign_blocks, split_windows
 from data_prep.synthetic_pairs import generate_pairs, mtd_xml
 
@@ -300,7 +303,7 @@ def _rewrite(path: Path, data: np.ndarray | None = None, transform: Affine | Non
     ("missing SCL", r"product .*area_00/after: no SCL band for the cloud mask .*cloud_mask=none"),
     ("outside date window", r"product .*area_00/after: sensed 2022-03-01, outside the date window 20\d\d-\d\d-\d\d\.\.2021-\d\d-\d\d"),
     ("no year field", r"polygons .*noyear.gpkg: no year field \(fields found: image_date, class_name, main_class"),
-    ("all clouds", r"product .*area_00/before: no valid pixel on the grid of area area_00 after the cloud mask"),
+    ("all clouds", r"product .*area_00/before: no valid pixel on the grid of .*area_00/before after the cloud mask"),
     ("no CRS", r"polygons .*nocrs.shp: no CRS"),
     ("wrong resolution", r"product .*area_00/after: band B04 file .*B04.tif has 20 x 20 m pixels, expected 10 m"),
 ])
@@ -383,3 +386,44 @@ def test_synthetic_pairs_cli_and_prodes_fields(tmp_path):
     with rasterio.open(tmp_path / "areas/area_00/after/SCL.tif") as scl, \
             rasterio.open(tmp_path / "areas/area_00/after/B08.tif") as nir:
         assert scl.res == (20, 20) and nir.res == (10, 10) and nir.dtypes[0] == "uint16" and scl.dtypes[0] == "uint8"
+
+
+# --- memory-bounded prepare: histogram percentiles, strip-wise writing ------------------------------------
+
+def test_channel_histogram_percentiles_are_within_half_a_bin_of_numpys():
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 0.3, 100_000).astype(np.float32)
+    values[rng.random(values.size) < 0.1] = np.nan
+    values[:50] = 7.0  # outside the range: counted in the last bin
+    histogram = ChannelHistogram(-1.0, 1.0, bins=2**12)
+    for part in np.array_split(values, 7):
+        histogram.add(part)
+    assert histogram.counts.sum() == np.isfinite(values).sum()
+    np.testing.assert_allclose(histogram.percentiles([1, 50, 99]), np.nanpercentile(values, [1, 50, 99]),
+                               rtol=0, atol=histogram.precision)
+    assert histogram.percentiles([100])[0] == pytest.approx(1 - histogram.precision)
+
+
+def test_prepared_percentiles_match_numpys_on_both_dates_within_a_bin(dataset, pairs):
+    products = {d: open_product(pairs[0] / "area_00" / d) for d in ("before", "after")}
+    grid = products["before"].grid
+    read = {d: read_combinations(p, grid, list(COMBINATIONS), Sentinel2Settings())[0] for d, p in products.items()}
+    stored = ChipDataset(dataset).attrs["percentiles"]["area_00"]
+    for combo, channels in COMBINATIONS.items():
+        for c, channel in enumerate(channels):
+            values = np.concatenate([read[d][combo][c][np.isfinite(read[d][combo][c])] for d in read])
+            low, high = CHANNEL_RANGES[channel]
+            np.testing.assert_allclose(stored[combo][c], np.percentile(values, [1, 99]), rtol=0,
+                                       atol=(high - low) / HISTOGRAM_BINS)
+    with rasterio.open(dataset / "work" / "area_00" / "after_nirrg.tif") as src:
+        written = src.read()
+    expected = np.stack([stretch(read["after"]["nirrg"][c], *stored["nirrg"][c]) for c in range(3)])
+    np.testing.assert_array_equal(written, expected)
+
+
+def test_prepare_in_small_strips_writes_the_same_images(tmp_path, dataset, pairs):
+    out = tmp_path / "out"
+    prepare(tiny_config(out, *pairs, geotiff=GeoTiffSettings(strip_rows=77)), stage="prepare", area="area_00")
+    for path in sorted((dataset / "work" / "area_00").glob("*.tif")):
+        with rasterio.open(path) as whole, rasterio.open(out / "work" / "area_00" / path.name) as strips:
+            np.testing.assert_array_equal(strips.read(), whole.read(), err_msg=path.name)

@@ -15,6 +15,7 @@ from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
 from apps.foundation.chips import IGNORE_INDEX
 from data_prep.label import LabelSettings, label_raster, read_polygons
+from data_prep.scenes import NoChips
 
 UTM = "EPSG:32610"
 WEST, NORTH, PIXEL = 500_000.0, 5_600_000.0, 10.0
@@ -120,7 +121,15 @@ def test_bad_polygon_files(tmp_path, case, message):
     with pytest.raises(InputError, match=message) as err:
         label_raster(path, ref, tmp_path / "label.tif", show_progress=False)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, NoChips) == (case == "outside")       # a scene without burns, not bad input
     assert not (tmp_path / "label.tif").exists()
+
+
+def test_polygons_near_but_over_no_pixel_centre_yield_no_chips(tmp_path):
+    ref = write_reference(tmp_path / "ref.tif")
+    sliver = write_polygons(tmp_path / "p.gpkg", [box(WEST + 101, NORTH - 109, WEST + 104, NORTH - 101)])
+    with pytest.raises(NoChips, match=r"no polygon covers a pixel centre of raster .*ref.tif \(1 lie near it"):
+        label_raster(sliver, ref, tmp_path / "label.tif", show_progress=False)
 
 
 def _sample(*parts: str) -> Path:

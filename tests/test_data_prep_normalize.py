@@ -1,4 +1,4 @@
-"""Normalize stage: exact histogram percentiles, the stretch, nodata handling, real Sentinel-2 values."""
+"""Normalize stage: exact percentiles for every band type, the stretch, nodata handling, real Sentinel-2 values."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from apps.foundation.errors import InputError
 from conftest import SAMPLES, write_geotiff
 from data_prep.geotiff import GeoTiffSettings
 from data_prep.normalize import (
-    NormalizeSettings, band_histogram, histogram_percentiles, normalize_bands, stretch_lut,
+    NormalizeSettings, band_histogram, histogram_percentiles, normalize_bands, stretch, values_percentiles,
 )
 
 TRANSFORM = Affine(10, 0, 500_000, 0, -10, 5_600_000)
@@ -32,13 +32,21 @@ def test_histogram_percentiles_equal_numpy_percentile(n):
     np.testing.assert_allclose(histogram_percentiles(hist, q), np.percentile(values, q))
 
 
-def test_stretch_maps_percentiles_to_1_and_255_and_nodata_to_0():
-    lut = stretch_lut(100, 354, invalid=[0], size=1000)
-    assert lut[0] == 0
-    assert lut[1] == lut[50] == lut[100] == 1      # clamped below
-    assert lut[227] == 128                            # (227 - 100) * 254 / 254 + 1
-    assert lut[354] == lut[999] == 255                # clamped above
-    assert np.all(np.diff(lut[1:].astype(int)) >= 0)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32])
+def test_values_percentiles_equal_numpy_percentile(dtype):
+    values = (np.random.default_rng(5).normal(0, 1000, 1001)).astype(dtype)
+    q = [0, 1, 2.5, 50, 97.3, 99, 100]
+    np.testing.assert_allclose(values_percentiles(values.copy(), q), np.percentile(values.astype(np.float64), q),
+                               rtol=1e-12)
+
+
+def test_stretch_maps_percentiles_to_1_and_255():
+    out = stretch(np.arange(1000), 100, 354)
+    assert out[0] == out[50] == out[100] == 1      # clamped below
+    assert out[227] == 128                            # (227 - 100) * 254 / 254 + 1
+    assert out[354] == out[999] == 255                # clamped above
+    assert np.all(np.diff(out.astype(int)) >= 0)
+    assert stretch(np.array([-1.0, 3.0, 3.5]), 3.0, 3.0).tolist() == [1, 1, 255]     # a constant band
 
 
 def test_normalize_known_array(tmp_path):
@@ -94,9 +102,55 @@ def test_all_nodata_band_is_an_input_error(tmp_path):
     assert not (tmp_path / "n.tif").exists()
 
 
-def test_float_band_is_an_input_error(tmp_path):
-    path = write_band(tmp_path / "B04.tif", np.ones((8, 8), np.float32))
-    with pytest.raises(InputError, match="float32 unsupported"):
+def _band_of(dtype: str, rng: np.random.Generator, shape=(37, 29)) -> tuple[np.ndarray, float | None, np.ndarray]:
+    """A band of ``dtype`` with a nodata corner: (values, the file's nodata value, valid mask)."""
+    valid = np.ones(shape, bool)
+    valid[:5, :7] = False
+    if dtype == "float32":
+        data = rng.normal(0.12, 0.05, shape).astype(np.float32)           # reflectance 0..1, nodata NaN
+        data[~valid] = np.nan
+        return data, np.nan, valid
+    info = np.iinfo(dtype)
+    data = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+    nodata = {"uint8": None, "uint16": 65535, "int16": -32768}[dtype]        # uint8: none declared -> 0
+    data[~valid] = 0 if nodata is None else nodata
+    valid &= data != 0 if nodata is None else True
+    return data, nodata, valid
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32"])
+def test_every_band_type_matches_numpy_on_the_valid_pixels(tmp_path, dtype):
+    data, nodata, valid = _band_of(dtype, np.random.default_rng(9))
+    path = write_band(tmp_path / "B04.tif", data, nodata=nodata)
+    settings = NormalizeSettings(low_percentile=2, high_percentile=97)
+    limits = normalize_bands({"B04": path}, tmp_path / "n.tif", settings, GeoTiffSettings(strip_rows=8),
+                             show_progress=False)
+    low, high = np.percentile(data[valid].astype(np.float64), [2, 97])
+    np.testing.assert_allclose(limits["B04"], (low, high), rtol=1e-12)
+    with rasterio.open(tmp_path / "n.tif") as src:
+        out = src.read(1)
+    expected = np.rint(1 + (np.clip(data[valid].astype(np.float64), low, high) - low) * 254 / (high - low))
+    np.testing.assert_array_equal(out[valid], expected.astype(np.uint8))
+    assert np.all(out[~valid] == 0) and out[valid].min() == 1 and out[valid].max() == 255
+
+
+def test_declared_nodata_replaces_zero_and_infinite_floats_are_nodata(tmp_path):
+    int16 = np.arange(-50, 50, dtype=np.int16).reshape(10, 10)           # 0 is valid: the file declares -50
+    path = write_band(tmp_path / "i.tif", int16, nodata=-50)
+    hist = band_histogram(path, show_progress=False)
+    assert hist.sum() == 99 and hist[32768] == 1 and hist[32768 - 50] == 0
+    floats = np.linspace(1, 2, 100, dtype=np.float32).reshape(10, 10)
+    floats[0, :3] = [np.inf, -np.inf, np.nan]
+    limits = normalize_bands({"B04": write_band(tmp_path / "f.tif", floats, nodata=None)}, tmp_path / "n.tif",
+                             show_progress=False)
+    assert limits["B04"] == pytest.approx(tuple(np.percentile(floats[np.isfinite(floats)], [1, 99])))
+    with rasterio.open(tmp_path / "n.tif") as src:
+        assert np.all(src.read(1)[0, :3] == 0) and np.all(src.read(1)[1:] > 0)
+
+
+def test_complex_band_is_an_input_error(tmp_path):
+    path = write_band(tmp_path / "B04.tif", np.ones((8, 8), np.complex64))
+    with pytest.raises(InputError, match=r"B04.tif: data type complex64 unsupported"):
         normalize_bands({"B04": path}, tmp_path / "n.tif", show_progress=False)
 
 

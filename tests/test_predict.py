@@ -1,4 +1,4 @@
-"""Whole-scene burned-area prediction: exact stitching, the command line end to end, bad input."""
+"""Whole-scene prediction: the core's exact stitching, the burned-area command line end to end, bad input."""
 
 from __future__ import annotations
 
@@ -14,16 +14,18 @@ from rasterio.transform import from_origin
 
 from coretools import TINY_MODEL, compose_config, run_module
 
-from apps.burned_area.predict import coverage, main, output_paths, predict_scene, tent
+from apps.burned_area.predict import main
+from apps.core.predict import coverage, output_paths, predict_scene, tent
 from apps.foundation.errors import InputError
 
 TINY_NET = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
 class PixelwiseTask(torch.nn.Module):
-    """Stand-in network: class-1 logit 10 * (channel 0 - 0.5), class-0 logit 0, pixel by pixel."""
+    """Stand-in task: class-1 logit 10 * (channel 0 of ``image`` - 0.5), class-0 logit 0, pixel by pixel."""
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        image = batch["image"]
         return torch.cat([torch.zeros_like(image[:, :1]), 10 * (image[:, :1] - 0.5)], dim=1)
 
 
@@ -36,16 +38,20 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def make_checkpoint(path: Path, input_set: str) -> Path:
-    """An untrained tiny BurnedAreaTask saved as a Lightning checkpoint (loads like a trained one)."""
+def make_checkpoint(path: Path, input_set: str, preparation: dict | None = None) -> Path:
+    """An untrained tiny BurnedAreaTask saved as a Lightning checkpoint (loads like a trained one), with
+    ``preparation`` as the training dataset's record."""
     import pytorch_lightning as pl
 
     from apps.burned_area.model import BurnedAreaTask
 
     task = BurnedAreaTask(model=TINY_NET, init={"weights": None}, input_set=input_set,
                           optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
-    torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
-                "pytorch-lightning_version": pl.__version__}, path)
+    task.preparation = preparation or {}
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+                  "pytorch-lightning_version": pl.__version__}
+    task.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
     return path
 
 
@@ -72,8 +78,8 @@ def test_stitching_equals_the_function_on_the_whole_image(tmp_path, width, heigh
     image[1, -1, :] = 0  # one band zero alone is still data
     source = write_image(tmp_path / "image.tif", image)
 
-    summary = predict_scene(PixelwiseTask(), source, tmp_path / "out", chip_size=64, overlap=0.25, batch_size=3,
-                            show_progress=False)
+    summary = predict_scene(PixelwiseTask(), {"image": source}, tmp_path / "out", chip_size=64, overlap=0.25, batch_size=3,
+                            class_name="burned", show_progress=False)
 
     logits = torch.stack([torch.zeros(height, width), 10 * (torch.from_numpy(image[0]).float() / 255 - 0.5)])
     probability = torch.softmax(logits, dim=0)[1].numpy()
@@ -98,8 +104,8 @@ def test_polygons_carry_their_area_and_small_ones_are_dropped(tmp_path):
     image[0, 5:7, 5:7] = 250  # 4 px = 400 m2
     image[0, 20:30, 30:40] = 250  # 100 px = 10000 m2
     source = write_image(tmp_path / "image.tif", image)
-    summary = predict_scene(PixelwiseTask(), source, tmp_path / "out", chip_size=32, min_area_m2=500,
-                            show_progress=False)
+    summary = predict_scene(PixelwiseTask(), {"image": source}, tmp_path / "out", chip_size=32, min_area_m2=500,
+                            class_name="burned", show_progress=False)
     polygons = gpd.read_file(tmp_path / "out.geojson")
     assert polygons.crs.to_epsg() == 4326
     assert polygons["area_m2"].tolist() == [10000.0]
@@ -110,7 +116,7 @@ def test_polygons_carry_their_area_and_small_ones_are_dropped(tmp_path):
 def test_input_without_data_is_rejected_and_nothing_is_written(tmp_path):
     source = write_image(tmp_path / "image.tif", np.zeros((3, 30, 30), dtype=np.uint8))
     with pytest.raises(InputError, match="no valid pixels"):
-        predict_scene(PixelwiseTask(), source, tmp_path / "out", chip_size=16, show_progress=False)
+        predict_scene(PixelwiseTask(), {"image": source}, tmp_path / "out", chip_size=16, show_progress=False)
     assert leftovers(tmp_path) == ["image.tif"]
 
 
@@ -232,3 +238,21 @@ def test_bad_input_exits_2_in_process(scene, tmp_path, capsys, case):
         main([str(checkpoint), str(scene_arg), "--out", str(tmp_path / "out" / "p"), "--device", "cpu", *extra])
     assert_rejected(exit_info.value.code, capsys.readouterr().err, *names)
     assert leftovers(tmp_path) == before
+
+
+def test_scene_is_normalized_with_the_training_datasets_percentiles(scene, tmp_path, capsys, monkeypatch):
+    """The checkpoint carries how its training chips were stretched; predict stretches the scene alike."""
+    import data_prep.normalize
+
+    checkpoint = make_checkpoint(tmp_path / "model.ckpt", "normalized",
+                                 preparation={"attrs": {"normalize": {"low_percentile": 5, "high_percentile": 95}}})
+    used = []
+    original = data_prep.normalize.normalize_bands
+
+    def recording(bands, out, settings, *args, **kwargs):
+        used.append(settings)
+        return original(bands, out, settings, *args, **kwargs)
+
+    monkeypatch.setattr(data_prep.normalize, "normalize_bands", recording)
+    assert main([str(checkpoint), str(scene), "--out", str(tmp_path / "p"), "--chip-size", "64", "--device", "cpu"]) == 0
+    assert [(s.low_percentile, s.high_percentile) for s in used] == [(5, 95)]

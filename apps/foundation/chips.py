@@ -163,7 +163,7 @@ def write_dataset_index(
 ) -> Path:
     """Write ``manifest.csv`` and then ``dataset.json``, completing the dataset at ``root``.
 
-    ``scenes`` maps scene id -> {"split", "chips", "arrays": {name: relative path}, ...};
+    ``scenes`` maps scene id -> {"splits": {split: chips}, "arrays": {name: relative path}, ...};
     ``arrays`` describes each array name ({"kind": "image"|"label", "channels", "bands", ...});
     ``attrs`` holds free-form facts about how the chips were made (chip size, thresholds).
     """

@@ -1,0 +1,64 @@
+"""Whole-area change prediction from a pair of Sentinel-2 L2A products with a trained checkpoint.
+
+    python -m apps.deforestation.predict CHECKPOINT_OR_RUN_DIR BEFORE AFTER --out OUT [--chip-size 256]
+        [--overlap 0.25] [--batch-size 8] [--threshold 0.5] [--device auto|cpu|cuda] [--min-area-m2 0]
+
+The pair is prepared as the training chips were, with the settings the training dataset recorded
+(cloud mask, BOA offset, band combinations, stretch percentiles): AFTER is read onto BEFORE's grid,
+and each band combination the network was trained on is stretched over both dates' valid pixels.
+The core (apps.core.predict) slides, blends and writes ``OUT.tif`` (change mask and probability on
+BEFORE's grid) and ``OUT.geojson`` (change polygons in EPSG:4326 with their area).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from apps.core.predict import parse_args, run_prediction
+from apps.foundation.errors import InputError
+
+SIZE_MULTIPLE = 32
+"""ChangeFormer and the U-Net baselines downsample by 32: chips must be a multiple of it."""
+
+
+def check_task(task: Any, chip_size: int) -> None:
+    """InputError unless ``chip_size`` is a multiple of the networks' total stride."""
+    if chip_size % SIZE_MULTIPLE:
+        raise InputError(f"--chip-size {chip_size}: change-detection networks need a multiple of {SIZE_MULTIPLE} px")
+
+
+@contextmanager
+def prepared_pair(task: Any, args: argparse.Namespace, work_dir: Path) -> Iterator[dict[str, list[Path]]]:
+    """The pair's stretched band combinations (``task.bands``, in order) as temporary uint8 GeoTIFFs in
+    ``work_dir``, on BEFORE's grid: {"before": [one file per combination], "after": [...]}."""
+    from data_prep.deforestation import DATES, write_pair_images
+    from data_prep.normalize import NormalizeSettings
+    from data_prep.sentinel2 import Sentinel2Settings, open_product
+
+    attrs = task.preparation.get("attrs", {})
+    sentinel2 = Sentinel2Settings(**attrs.get("sentinel2", {}))
+    stretch = NormalizeSettings(**attrs.get("stretch", {}))
+    products = {date: open_product(folder, sentinel2) for date, folder in zip(DATES, (args.before, args.after))}
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:
+        paths = {f"{date}_{combo}": Path(tmp) / f"{date}_{combo}.tif" for date in DATES for combo in task.bands}
+        write_pair_images(products, task.bands, sentinel2, stretch, paths)
+        yield {date: [paths[f"{date}_{combo}"] for combo in task.bands] for date in DATES}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: prints a summary line and a JSON line; bad input prints ``error: ...``, exits 2."""
+    args = parse_args(argv, "python -m apps.deforestation.predict",
+                      "Predict deforestation between two Sentinel-2 L2A products of one area.",
+                      [("before", "the earlier product (.SAFE or band folder); its grid is the output's"),
+                       ("after", "the later product")], "change")
+    return run_prediction(args, f"{args.before} -> {args.after}", prepared_pair, "change", check_task,
+                          lambda task: {"bands": ",".join(task.bands)})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Every command the README shows runs as written, in a scratch folder, on tiny data.
+
+Each command is taken from the README's bash blocks and run through a shell, with only what keeps it
+small and off any cluster added or replaced (see ``adapt``): tiny synthetic sizes, one short epoch,
+single training runs composed with ``--cfg job``, sweeps rendered as Kubernetes dry runs, and the
+placeholders (RUN_DIR, SWEEP_DIR, ...) filled with what earlier commands made. A new README command
+that no rule covers fails ``test_every_readme_command_is_covered``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coretools import REPO
+
+TINY_TRAINING = ("model.encoder=resnet18 +model.encoder_depth=3 +model.decoder_channels=[32,16,8] epochs=1 "
+                 "batch_size=4 num_workers=0 trainer.enable_progress_bar=false")
+TINY_CHANGE = ("model=fc_siam_diff epochs=1 batch_size=4 num_workers=0 trainer.enable_progress_bar=false "
+               "trainer.limit_train_batches=2")
+DRY_RUN = "cluster=nautilus hydra.launcher.dry_run=true hydra.sweep.dir=outputs/dry_run"
+SET_UP_AND_TESTS = ("bash scripts/setup.sh && bash scripts/main_job.sh",
+                    "bash scripts/setup.sh --dev && .venv/bin/python -m pytest -q")
+"""The README's first two commands: CI runs the second; the main job runs below without the set-up."""
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's bash blocks: continuation lines joined, comments dropped."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.append(re.sub(r"\s+", " ", line))
+    return commands
+
+
+def adapt(command: str) -> str | None:
+    """The command as the test runs it, or None for the set-up lines that CI itself runs."""
+    if command in SET_UP_AND_TESTS:
+        return None
+    if command.startswith("bash scripts/"):
+        extra = TINY_TRAINING + " trainer.limit_train_batches=2" if "main_job" in command else TINY_CHANGE
+        return f"{command} {extra}"
+    command = command.replace("python -m", f"{sys.executable} -m")
+    command = command.replace("n_scenes=6 size=1024", "n_scenes=5 size=360").replace("n_areas=4 size=768",
+                                                                                     "n_areas=4 size=384")
+    command = command.replace("RUN_DIR_OR_CHECKPOINT", "RUN_DIR").replace("path/to/scene", "data/synthetic/scenes/scene_00")
+    command = command.replace("BEFORE AFTER", "data/synthetic_pairs/areas/area_00/before data/synthetic_pairs/areas/area_00/after")
+    command = command.replace("scenes_dir=... polygons=... out_dir=...", "scenes_dir=data/synthetic/scenes "
+                              "polygons=data/synthetic/burn_polygons.gpkg out_dir=data/chips/burned_area_synthetic")
+    command = command.replace("scene=scene_00,scene_01", "scene=scene_00,scene_01 chip.size=64")
+    command = command.replace("scene=a,b,c", "scene=scene_00,scene_01,scene_02 chip.size=64")
+    # Optuna needs each trial's value, which a dry run cannot give: the trials train locally, tiny.
+    command = command.replace("-m cluster=nautilus hydra/sweeper=optuna ...",
+                              f"-m hydra/sweeper=optuna hydra.sweeper.n_trials=2 {TINY_TRAINING} "
+                              "hydra.sweep.dir=outputs/optuna")
+    if "-m data_prep.burned_area" in command and "chip.size" not in command:
+        command += " chip.size=64 progress=false"
+    if "-m data_prep.deforestation" in command:
+        command += " chip.size=64 split.block_size_px=128"
+    if "apps.burned_area.predict" in command or "apps.deforestation.predict" in command:
+        command += " --chip-size 64 --device cpu"
+    tokens = command.split()
+    module = tokens[tokens.index("-m") + 1]
+    multirun = tokens.count("-m") > 1
+    if "cluster=nautilus" in command and "dry_run" not in command:
+        command += " hydra.launcher.dry_run=true"
+    if module in ("apps.burned_area", "apps.deforestation"):
+        if multirun and "cluster=nautilus" not in command:
+            command += f" {DRY_RUN}"
+        elif not multirun:
+            command += " --cfg job"
+    return command
+
+
+def test_every_readme_command_is_covered():
+    """Adapted, every command is runnable: no ``...`` and no placeholder but those filled at run time."""
+    commands = readme_commands()
+    assert len(commands) > 20
+    for command in filter(None, map(adapt, commands)):
+        placeholders = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", command)) - {"RUN_DIR", "SWEEP_DIR", "PWD"}
+        assert "..." not in command and not placeholders, f"no rule for: {command}"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A scratch folder holding the repository's scripts (which work from the repository root) and the
+    environment running the tests as its .venv."""
+    root = tmp_path_factory.mktemp("readme")
+    shutil.copytree(REPO / "scripts", root / "scripts")
+    (root / ".venv").symlink_to(sys.prefix)
+    return root
+
+
+def run(command: str, cwd: Path, run_dirs: dict[str, Path]) -> subprocess.CompletedProcess:
+    for name, path in run_dirs.items():
+        command = command.replace(name, str(path))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+                          executable="/bin/bash")
+
+
+@pytest.mark.slow
+def test_readme_commands_run_as_written(workspace):
+    """The README's commands in order; RUN_DIR and SWEEP_DIR are the runs that the commands before made."""
+    from apps.foundation.rundir import read_completed
+
+    run_dirs: dict[str, Path] = {}
+    failures = []
+    for command in readme_commands():
+        adapted = adapt(command)
+        if adapted is None:
+            continue
+        if "apps.deforestation.predict" in adapted or "SWEEP_DIR" in adapted or "RUN_DIR" in adapted:
+            app = "deforestation" if "deforestation" in adapted else "burned_area"
+            run_dirs = {**run_dirs, **made_runs(workspace, app)}
+        proc = run(adapted, workspace, run_dirs)
+        if proc.returncode != 0:
+            failures.append(f"{command}\n  -> exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    assert not failures, "\n".join(failures)
+    assert read_completed(workspace / run_dirs["RUN_DIR"]) is not None
+
+
+def made_runs(workspace: Path, app: str) -> dict[str, Path]:
+    """RUN_DIR and SWEEP_DIR for ``app`` (relative to ``workspace``): a tiny sweep of two points trained on
+    the chip dataset that the README's commands prepared."""
+    sweep = Path("outputs") / app / "sweeps" / "readme"
+    if not (workspace / sweep / "1" / "metrics.json").is_file():
+        overrides = TINY_TRAINING if app == "burned_area" else TINY_CHANGE
+        proc = run(f"{sys.executable} -m apps.{app} -m lr=1e-3,1e-4 {overrides} hydra.sweep.dir={sweep}"
+                   + (" chip_size=256" if app == "deforestation" else ""), workspace, {})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"SWEEP_DIR": sweep, "RUN_DIR": sweep / "0"}
