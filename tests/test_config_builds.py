@@ -12,6 +12,8 @@ from coretools import CONF_DIR, compose_config
 
 from apps.core.config import build
 
+pytestmark = pytest.mark.slow  # builds some 50 networks and loaders; compose-only checks run in the fast tier
+
 SMALL_NETWORK = {"burned_area": ["model.encoder=resnet18"], "deforestation": ["model=fc_siam_diff"]}
 """The cheapest network of each app, for the groups that are not about the network."""
 APP_GROUPS = ("model", "init", "data")

@@ -26,13 +26,15 @@ def test_top_level_study_names():
     assert cfg.task.optimizer.lr == 0.01
 
 
+@pytest.mark.parametrize("app", ["burned_area", "deforestation"])
 @pytest.mark.parametrize("group", ["model", "optimizer", "scheduler", "init", "data", "loss", "trainer", "logger"])
-def test_every_group_option_composes(group):
-    options = group_options(group)
+def test_every_group_option_composes(group, app):
+    """Every choice composes (tests/test_config_builds.py, in the slow tier, builds each)."""
+    options = group_options(group, app)
     assert options, f"no options in group {group}"
     for option in options:
-        cfg = compose_config(overrides=[f"{group}={option}"])
-        assert cfg.app == "burned_area"
+        cfg = compose_config(app, overrides=[f"{group}={option}"])
+        assert cfg.app == app
 
 
 def test_every_optimizer_and_scheduler_builds():

@@ -49,6 +49,7 @@ def test_run_directory_contract(chips, tmp_path):
     assert value > 0.3
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(chips, tmp_path):
     first = train(tiny_cfg(chips, "seed=7"), tmp_path / "a")
     second = train(tiny_cfg(chips, "seed=7"), tmp_path / "b")
@@ -66,6 +67,7 @@ def test_completed_run_is_not_trained_again(chips, tmp_path):
     assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_tensorboard_logger_and_other_losses(chips, tmp_path):
     train(tiny_cfg(chips, "logger=tensorboard", "loss=ce_dice", "optimizer=lamb", "scheduler=cosine", "epochs=1"),
           tmp_path / "run")
@@ -166,6 +168,7 @@ def test_finished_run_is_copied_to_the_upload_destination(chips, tmp_path):
     assert json.loads((tmp_path / "runs" / "r1" / "upload.json").read_text())["uploaded_to"].endswith("r1")
 
 
+@pytest.mark.slow
 def test_cli_prints_its_result_line(chips, tmp_path):
     proc = run_module("apps.burned_area", *TINY_MODEL, f"data.root={chips}", "epochs=1", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -55,6 +55,7 @@ def test_missing_imagenet_weights_name_what_to_provide(tmp_path):
     assert "smp-hub/resnet50.imagenet" in message and "init=random" in message
 
 
+@pytest.mark.slow
 def test_missing_imagenet_weights_through_the_cli(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_module("apps.burned_area", *TINY_MODEL, "init=imagenet", f"init.weights_dir={tmp_path}",

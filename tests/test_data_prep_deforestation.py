@@ -427,3 +427,34 @@ def test_prepare_in_small_strips_writes_the_same_images(tmp_path, dataset, pairs
     for path in sorted((dataset / "work" / "area_00").glob("*.tif")):
         with rasterio.open(path) as whole, rasterio.open(out / "work" / "area_00" / path.name) as strips:
             np.testing.assert_array_equal(strips.read(), whole.read(), err_msg=path.name)
+
+
+@pytest.mark.slow
+def test_killed_prep_resumes_to_the_same_dataset(tmp_path):
+    """SIGKILL once the first area is prepared: no dataset loads, and a re-run finishes from there to
+    the dataset an uninterrupted prep makes."""
+    import signal
+    import time
+
+    areas, polygons = generate_pairs(tmp_path / "input", n_areas=4, size=512, seed=2)
+    args = [f"areas_dir={areas}", f"polygons={polygons}", *CLI_ARGS, "split.block_size_px=128"]
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "data_prep.deforestation", *args, f"out_dir={out}"],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_area_done = out / "work" / "area_00" / "prepared.json"
+    deadline = time.monotonic() + 120
+    while not first_area_done.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the prep finished before it could be killed"
+    with pytest.raises(InputError, match="incomplete"):
+        ChipDataset(out)
+
+    assert run_cli(*args, f"out_dir={out}", cwd=tmp_path).returncode == 0
+    assert run_cli(*args, f"out_dir={tmp_path / 'reference'}", cwd=tmp_path).returncode == 0
+    dataset, expected = ChipDataset(out), ChipDataset(tmp_path / "reference")
+    assert [(r.chip_id, r.split) for r in dataset.records] == [(r.chip_id, r.split) for r in expected.records]
+    for scene in expected.index["scenes"]:
+        for name in expected.arrays:
+            np.testing.assert_array_equal(dataset.open_array(scene, name), expected.open_array(scene, name))

@@ -36,7 +36,9 @@ def mit_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("network, init", [(n, i) for n in NETWORKS for i in INITS[n]])
+@pytest.mark.slow
+@pytest.mark.parametrize("network, init", [
+    (n, i) for n in NETWORKS for i in INITS[n]])
 def test_every_network_trains_and_records_the_change_scores(network, init, pairs, mit_checkpoint, tmp_path):
     extra = [f"init.weights_path={mit_checkpoint}"] if init == "mit" else []
     cfg = compose_config("deforestation", [*FAST, f"model={network}", f"init={init}", f"data.root={pairs}",
@@ -94,6 +96,7 @@ def test_study_grid_has_72_points_that_compose():
         assert cfg.data.root.endswith(f"chips_{point['chip_size']}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override, needle", [
     ("data.bands=[nir]", "data.bands"),
     ("model=changeformer", "model/changeformer"),

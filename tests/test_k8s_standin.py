@@ -111,6 +111,7 @@ def test_create_conflict_get_list_and_missing_job(apis):
     assert invalid.value.status == 422
 
 
+@pytest.mark.slow
 def test_watch_sends_added_and_modified_and_ends_at_its_timeout(apis):
     batch, _ = apis
     start = batch.list_namespaced_job(NS).metadata.resource_version
@@ -132,6 +133,7 @@ def test_watch_streams_close_early_when_told(apis, standin):
     assert time.monotonic() - began < 3
 
 
+@pytest.mark.slow
 def test_watch_from_a_forgotten_resource_version_is_410_gone(apis, standin):
     batch, _ = apis
     batch.create_namespaced_job(NS, make_job("g", "pass"))
@@ -214,6 +216,7 @@ def test_evicted_pod_is_retried_under_an_ignore_rule(apis, standin, tmp_path):
     assert len(pods) == 2 and batch.read_namespaced_job("ev", NS).status.failed == 0
 
 
+@pytest.mark.slow
 def test_active_deadline_fails_the_job_and_kills_its_pod(apis, standin):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("slow", "import time; time.sleep(60)", active_deadline_seconds=1))
@@ -234,6 +237,7 @@ def test_pending_job_never_starts_a_pod(apis, standin):
     assert batch.read_namespaced_job("stuck", NS).status.active == 1
 
 
+@pytest.mark.slow
 def test_delete_with_propagation_kills_the_process_and_removes_pods(apis, standin):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("long", "import time; print('up', flush=True); time.sleep(60)"))

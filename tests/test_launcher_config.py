@@ -122,6 +122,7 @@ def test_unreachable_api_server_is_one_clear_error(tmp_path):
     assert len(errors) == 1 and url in errors[0] and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_optuna_sweeper_gets_each_pod_result(tmp_path):
     from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
 

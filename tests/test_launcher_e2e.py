@@ -126,6 +126,7 @@ def test_multi_node_point_trains_on_two_pods_that_meet_through_the_headless_serv
     assert standin.request_counts["create"] == 2 and standin.services == {}  # the Job and its Service
 
 
+@pytest.mark.slow
 def test_data_prep_stage_fans_out_one_job_per_scene(standin, synthetic_scenes, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "data_prep.burned_area", "-m",
@@ -138,6 +139,7 @@ def test_data_prep_stage_fans_out_one_job_per_scene(standin, synthetic_scenes, t
     assert {job["metadata"]["labels"]["geoscale.io/app"] for job in standin.jobs.values()} == {"prep-burned-area"}
 
 
+@pytest.mark.slow
 def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     began = time.monotonic()
@@ -147,6 +149,7 @@ def test_jobs_pending_past_the_sweep_timeout_are_deleted(standin, tmp_path):
     assert standin.request_counts["create"] == 2 and standin.jobs == {} and standin.pods == {}
 
 
+@pytest.mark.slow
 def test_job_deleted_by_someone_else_comes_back_failed(tmp_path):
     with KubeStandIn(workdir=tmp_path, instant_pods=True) as server:
         server.faults.hold_pending = lambda job: job["metadata"]["labels"]["geoscale.io/job"] == "0"
@@ -164,6 +167,7 @@ def test_job_deleted_by_someone_else_comes_back_failed(tmp_path):
     assert f"Job {held} was deleted before it finished" in stderr
 
 
+@pytest.mark.slow
 def test_pod_stuck_on_a_bad_image_fails_its_point_after_the_grace_time(tmp_path):
     with KubeStandIn(workdir=tmp_path, instant_pods=True) as server:
         server.faults.stuck_waiting = lambda job: "ImagePullBackOff" if job["metadata"]["labels"]["geoscale.io/job"] == "0" else None
@@ -177,6 +181,7 @@ def test_pod_stuck_on_a_bad_image_fails_its_point_after_the_grace_time(tmp_path)
         assert [job["metadata"]["labels"]["geoscale.io/job"] for job in server.jobs.values()] == ["1"]
 
 
+@pytest.mark.slow
 def test_create_refused_midway_deletes_the_jobs_already_created(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     standin.faults.forbid_creates_after = 2
@@ -190,6 +195,7 @@ def test_create_refused_midway_deletes_the_jobs_already_created(standin, tmp_pat
     assert standin.jobs == {} and standin.pods == {}
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,
@@ -206,6 +212,7 @@ def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     assert standin.request_counts["delete"] == 3
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_a_create_is_unanswered_still_deletes_that_job(standin, tmp_path):
     standin.faults.hold_pending = lambda job: True
     standin.faults.answer_create_after_s = 60

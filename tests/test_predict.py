@@ -203,6 +203,7 @@ def test_missing_checkpoint_exits_2_with_one_line(scene, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_scene_with_a_band_missing_exits_2_with_one_line(scene, tmp_path):
     checkpoint = make_checkpoint(tmp_path / "normalized.ckpt", "normalized")
     broken = tmp_path / "scene"

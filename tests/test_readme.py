@@ -74,7 +74,7 @@ def adapt(command: str) -> str | None:
     if "cluster=nautilus" in command and "dry_run" not in command:
         command += " hydra.launcher.dry_run=true"
     if module in ("apps.burned_area", "apps.deforestation"):
-        if multirun and "cluster=nautilus" not in command:
+        if multirun and "cluster=nautilus" not in command and "optuna" not in command:
             command += f" {DRY_RUN}"
         elif not multirun:
             command += " --cfg job"

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from apps.foundation.errors import InputError
-from apps.foundation.rundir import read_completed
+from apps.foundation.rundir import HYDRA_DIR, OVERRIDES_FILE, read_completed
 from apps.foundation.files import atomic_write_text
 
 if TYPE_CHECKING:
@@ -81,8 +81,8 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
             for child in parent.iterdir()
             if child.is_dir() and not child.name.startswith(".")
         ]
-        runs += [child for child in children if (child / ".hydra").is_dir()]
-        level = [child for child in children if not (child / ".hydra").is_dir()]
+        runs += [child for child in children if (child / HYDRA_DIR).is_dir()]
+        level = [child for child in children if not (child / HYDRA_DIR).is_dir()]
     return sorted(runs, key=lambda run: _natural_key(run.relative_to(sweep_dir).as_posix()))
 
 
@@ -292,7 +292,7 @@ def _read_overrides(run_dir: Path) -> dict[str, Any]:
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    overrides_file = run_dir / OVERRIDES_FILE
     if not overrides_file.is_file():
         return {}
     try:

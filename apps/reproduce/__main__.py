@@ -61,11 +61,12 @@ def retrain(cfg, out_dir: Path, source: Path) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from apps.core.train import train
-    from apps.foundation.rundir import read_completed
+    from apps.foundation.files import atomic_write_text
+    from apps.foundation.rundir import CONFIG_FILE, HYDRA_DIR, OVERRIDES_FILE, read_completed
 
-    (out_dir / ".hydra").mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, out_dir / ".hydra" / "config.yaml")
-    (out_dir / ".hydra" / "overrides.yaml").write_text(f"# reproduces {source}\n[]\n")
+    (out_dir / HYDRA_DIR).mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out_dir / CONFIG_FILE)
+    atomic_write_text(out_dir / OVERRIDES_FILE, f"# reproduces {source}\n[]\n")
     train(cfg, out_dir)
     return read_completed(out_dir)["metrics"]
 
