@@ -107,3 +107,24 @@ def test_bad_settings_fail_with_one_line(override, needle, pairs):
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_reevaluation_needs_no_encoder_checkpoint_and_gives_the_same_scores(pairs, mit_checkpoint, tmp_path, capsys):
+    """A run started from a MiT file re-tests from its own checkpoint after that file is gone."""
+    from omegaconf import OmegaConf
+
+    from apps.reproduce.__main__ import main as reproduce
+
+    weights = tmp_path / "mit.pth"
+    weights.write_bytes(mit_checkpoint.read_bytes())
+    cfg = compose_config("deforestation", [*FAST, "init=mit", f"init.weights_path={weights}", f"data.root={pairs}",
+                                           "epochs=1", "trainer.deterministic=true"])
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    weights.unlink()
+    assert reproduce([str(run_dir), "--evaluate"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["new"] == pytest.approx(result["saved"], abs=1e-6) and "test/f1" in result["new"]

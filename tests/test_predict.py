@@ -257,3 +257,29 @@ def test_scene_is_normalized_with_the_training_datasets_percentiles(scene, tmp_p
     monkeypatch.setattr(data_prep.normalize, "normalize_bands", recording)
     assert main([str(checkpoint), str(scene), "--out", str(tmp_path / "p"), "--chip-size", "64", "--device", "cpu"]) == 0
     assert [(s.low_percentile, s.high_percentile) for s in used] == [(5, 95)]
+
+
+class DifferenceTask(torch.nn.Module):
+    """Stand-in pair task: class-1 logit 10 * (after - before) on channel 0, class-0 logit 0."""
+
+    def forward_batch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        difference = batch["after"][:, :1] - batch["before"][:, :1]
+        return torch.cat([torch.zeros_like(difference), 10 * difference], dim=1)
+
+
+def test_pairs_of_stacked_rasters_predict_where_both_dates_have_data(tmp_path):
+    """Several rasters per sample key are stacked in order; a pixel without data in either date is nodata."""
+    rng = np.random.default_rng(5)
+    before = rng.integers(1, 256, (3, 70, 90), dtype=np.uint8)
+    after = rng.integers(1, 256, (3, 70, 90), dtype=np.uint8)
+    before[:, :10] = 0  # the first rows without data in the earlier date only
+    inputs = {"before": [write_image(tmp_path / "before_a.tif", before), write_image(tmp_path / "before_b.tif", before)],
+              "after": [write_image(tmp_path / "after.tif", after)]}
+    summary = predict_scene(DifferenceTask(), inputs, tmp_path / "out", chip_size=32, class_name="change",
+                            show_progress=False)
+    logits = 10 * (after[0].astype(np.float32) - before[0].astype(np.float32)) / 255
+    expected = np.where((before != 0).any(axis=0), (1 / (1 + np.exp(-logits))) >= 0.5, 255)
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.descriptions == ("change", "change_probability")
+        assert np.array_equal(out.read(1), expected)
+    assert summary["change_pixels"] == (expected == 1).sum() and summary["valid_pixels"] == 60 * 90

@@ -171,12 +171,13 @@ def _predict_raster(task: Any, sources: Sequence[tuple[str, rasterio.DatasetRead
                 with reading(Path(src.name), f"{key} input"):
                     strip[:, :n_rows, :width] = src.read(window=Window(0, int(row_off), width, n_rows))
                 valid &= (strip != (src.nodata if src.nodata is not None else 0)).any(axis=0)
+            stacked = {key: np.concatenate([strip for (k, _), strip in zip(sources, strips) if k == key])
+                       for key in dict.fromkeys(k for k, _ in sources)}  # (bands of the key, chip, width)
             todo = [c for c in cols if valid[:, c:c + chip].any()]
             for start in range(0, len(todo), batch_size):
                 batch_cols = todo[start:start + batch_size]
-                batch = {key: torch.from_numpy(np.stack([np.concatenate(
-                    [strip[:, :, c:c + chip] for (k, _), strip in zip(sources, strips) if k == key]) for c in batch_cols]))
-                    .to(device).float().div_(255.0) for key in dict(sources)}
+                batch = {key: torch.from_numpy(np.stack([strip[:, :, c:c + chip] for c in batch_cols])).to(device)
+                         .float().div_(255.0) for key, strip in stacked.items()}
                 prob = torch.softmax(task.forward_batch(batch).float(), dim=1)[:, positive_class] * weight
                 for c, p in zip(batch_cols, prob.cpu().numpy()):
                     acc[:, c:c + chip] += p

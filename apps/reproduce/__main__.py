@@ -34,7 +34,7 @@ def load_run(run_dir: Path):
 def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     """Test metrics of the run's saved best checkpoint, recomputed with its saved config."""
     import pytorch_lightning as pl
-    from omegaconf import OmegaConf
+    from hydra.utils import get_class
 
     from apps.core.config import build
     from apps.core.precision import AUTO, resolve_precision
@@ -42,8 +42,9 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     checkpoint = run_dir / record["facts"]["best_checkpoint"]
     if not checkpoint.is_file():
         raise InputError(f"run directory {run_dir}: best checkpoint {checkpoint.name} is missing")
-    if OmegaConf.select(cfg, "init.weights") is not None:
-        cfg.init.weights = None  # the checkpoint replaces every weight: no pretrained file needed
+    # The checkpoint replaces every weight: no pretrained file is needed.
+    for name, value in get_class(cfg.task._target_).CHECKPOINT_OVERRIDES.items():
+        cfg.task[name] = value
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
     task = build(cfg.task)
