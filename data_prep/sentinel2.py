@@ -355,15 +355,6 @@ def combination_strips(
             reader.close()
 
 
-def read_combinations(
-    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``combination_strips`` gathered whole, for small grids: (combination -> (C, H, W) float32, valid (H, W) bool)."""
-    strips = list(combination_strips(product, grid, combinations, settings, strip_rows))
-    return ({name: np.concatenate([combos[name] for _, combos, _ in strips], axis=1) for name in combinations},
-            np.concatenate([valid for _, _, valid in strips]))
-
-
 class ChannelHistogram:
     """Counts of one channel's finite values in ``bins`` equal bins over [``low``, ``high``]; values outside
     the range count in the end bins, NaN is not counted.

@@ -25,7 +25,7 @@ from data_prep.prodes import ProdesSettings, date_window, label_mask, read_prode
 from data_prep.geotiff import GeoTiffSettings
 from data_prep.sentinel2 import (
     CHANNEL_RANGES, COMBINATIONS, HISTOGRAM_BINS, ChannelHistogram, Grid, Sentinel2Settings, band_combination,
-    open_product, read_combinations,
+    combination_strips, open_product,
 )
 from data_prep.normalize import stretch
 from data_prep.spatial_split import RasterWindows, assign_blocks, split_windows
@@ -75,6 +75,13 @@ def write_product(folder: Path, reflectance: np.ndarray, baseline: str = "02.14"
     write_geotiff(folder / "SCL.tif", scl, transform @ Affine.scale(2), crs)
     (folder / "MTD_MSIL2A.xml").write_text(mtd_xml(sensing, baseline, offset))
     return folder
+
+
+def read_combinations(product, grid, combinations, settings):
+    """``combination_strips`` gathered whole (small grids only): (combination -> (C, H, W), valid (H, W))."""
+    strips = list(combination_strips(product, grid, combinations, settings))
+    return ({name: np.concatenate([combos[name] for _, combos, _ in strips], axis=1) for name in combinations},
+            np.concatenate([valid for _, _, valid in strips]))
 
 
 def random_reflectance(shape=(4, 32, 32), seed=0) -> np.ndarray:

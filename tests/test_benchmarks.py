@@ -1,0 +1,38 @@
+"""The deforestation benchmark scripts run at a small size and report their figures as JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from coretools import REPO
+
+
+def run_script(name: str, *args: str) -> dict:
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.slow
+def test_changeformer_benchmark_compares_the_default_precision_with_fp32():
+    from apps.core.precision import resolve_precision
+
+    report = run_script("bench_changeformer.py", "--size", "64", "--repeats", "1", "--warmup", "0")
+    assert report["parameters"] == 41_026_674 and report["default_precision"] == resolve_precision("auto", "cpu")
+    assert {"32-true", "bf16-mixed"} <= set(report["results"])
+    for figures in report["results"].values():
+        assert figures["train_step_s"] > 0 and figures["pairs_per_s_inference"] > 0
+    assert set(report["default_vs_fp32"]) == {"train_step", "inference"}
+
+
+@pytest.mark.slow
+def test_pair_prep_benchmark_times_the_floor_and_the_prep(tmp_path):
+    report = run_script("bench_deforestation_prep.py", "--size", "1024", "--work-dir", str(tmp_path))
+    assert report["floor_read_inputs_once_s"] > 0 and set(report["stages_s"]) == {"prepare", "chip"}
+    assert 0 < report["peak_rss_bytes"] < report["targets"]["peak_rss_bytes"]
+    assert set(report["met"]) == {"time", "memory"} and report["windows"] > 0
