@@ -16,8 +16,8 @@ be written back onto the map. ``sources`` (a JSON list) names every source produ
 both dates of a change-detection pair.
 
 ``dataset.json`` describes each array name by ``kind``: ``image`` (channels, bands, and for a pair
-its ``date``), ``label`` (class indices), or ``boxes`` (for detection, ragged per chip). Which
-chips are kept and how they are split are settings of each app's prep, not of the contract.
+its ``date``) or ``label`` (class indices); ``boxes`` is the kind reserved for detection. Which chips
+are kept and how they are split are settings of each app's prep, not of the contract.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ import numpy as np
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 
-FORMAT = "geoscale-chips/1"
+FORMAT = "geoscale-chips/2"
+"""Version 2: manifest ``sources`` (every source product of a chip) and per-scene ``splits`` counts."""
 INDEX_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.csv"
 SPLITS = ("train", "val", "test")
