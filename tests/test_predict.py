@@ -283,3 +283,14 @@ def test_pairs_of_stacked_rasters_predict_where_both_dates_have_data(tmp_path):
         assert out.descriptions == ("change", "change_probability")
         assert np.array_equal(out.read(1), expected)
     assert summary["change_pixels"] == (expected == 1).sum() and summary["valid_pixels"] == 60 * 90
+
+
+def test_checkpoint_naming_no_task_class_exits_2_with_one_line(scene, tmp_path, capsys):
+    checkpoint = make_checkpoint(tmp_path / "model.ckpt", "normalized")
+    state = torch.load(checkpoint, weights_only=True)
+    del state["task_class"]
+    torch.save(state, checkpoint)
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(checkpoint), str(scene), "--out", str(tmp_path / "out" / "p"), "--device", "cpu"])
+    assert_rejected(exit_info.value.code, capsys.readouterr().err, str(checkpoint), "names no task class")
+    assert not (tmp_path / "out").exists()

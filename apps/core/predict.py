@@ -240,7 +240,8 @@ def load_task(path: Path, device: str):
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         name = checkpoint.get("task_class")
         if not name:
-            raise InputError(f"checkpoint {path}: names no task class (not written by the geoscale core)")
+            raise InputError(f"checkpoint {path}: names no task class (written by an older geoscale or another "
+                             "program; python -m apps.reproduce RUN_DIR trains the run again)")
         module, _, class_name = name.rpartition(".")
         task_class = getattr(importlib.import_module(module), class_name)
         task = task_class(**{**checkpoint["hyper_parameters"], **task_class.CHECKPOINT_OVERRIDES})
