@@ -54,27 +54,19 @@ SKIPPED_FILE = "skipped.json"
 
 
 @dataclass(frozen=True)
-class BurnChipSettings:
-    """Chips of ``size`` x ``size`` px, windows overlapping by ``overlap`` (fraction of ``size``); a chip is
-    kept when burned and unburned each cover at least ``min_class_fraction`` of it and nodata at most
-    ``max_nodata_fraction``."""
+class BurnChipSettings(ChipSettings):
+    """The sliding windows of ChipSettings and the burned-area keep rule: a chip is kept when burned and
+    unburned each cover at least ``min_class_fraction`` of it and nodata at most ``max_nodata_fraction``."""
 
-    size: int = 256
-    overlap: float = 0.25
     min_class_fraction: float = 0.1
     max_nodata_fraction: float = 0.1
 
     def __post_init__(self):
-        ChipSettings(size=self.size, overlap=self.overlap)
+        super().__post_init__()
         if not 0 <= self.min_class_fraction <= 0.5:
             raise InputError(f"chip.min_class_fraction: must be in [0, 0.5], got {self.min_class_fraction}")
         if not 0 <= self.max_nodata_fraction <= 1:
             raise InputError(f"chip.max_nodata_fraction: must be in [0, 1], got {self.max_nodata_fraction}")
-
-    @property
-    def window_settings(self) -> ChipSettings:
-        """The sliding windows."""
-        return ChipSettings(size=self.size, overlap=self.overlap)
 
     def keep(self, windows: ChipWindows) -> np.ndarray:
         """(N,) bool: both classes >= ``min_class_fraction``, nodata <= ``max_nodata_fraction``."""
@@ -198,8 +190,8 @@ def run_chip(scene: Scene, config: PrepConfig) -> bool:
     if not config.force and stored is not None and stored.stamp == stamp:
         return False
     invalidate_dataset(config.out_dir)
-    chip_scene(scene.name, label, images, config.out_dir, config.chip.window_settings, config.chip.keep, CLASSES,
-               str(scene.folder.resolve()), stamp, config.progress)
+    chip_scene(scene.name, label, images, config.out_dir, config.chip, config.chip.keep, CLASSES,
+               (str(scene.folder.resolve()),), stamp, config.progress)
     return True
 
 
@@ -265,7 +257,7 @@ def run_split(scene_names: list[str], config: PrepConfig) -> Path:
     if config.split.method == "blocks":
         split_attrs["block_size_px"] = config.split.block_size(config.chip.size)
     attrs = {
-        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.window_settings.stride,
+        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.stride,
         "min_class_fraction": config.chip.min_class_fraction,
         "max_nodata_fraction": config.chip.max_nodata_fraction,
         "bands": list(config.bands), "normalize": asdict(config.normalize),

@@ -133,7 +133,7 @@ def chip_scene(
     settings: ChipSettings,
     keep: KeepRule,
     classes: Sequence[str],
-    source: str = "",
+    sources: tuple[str, ...] = (),
     stamp: Mapping | None = None,
     show_progress: bool = True,
 ) -> SceneChips:
@@ -141,9 +141,9 @@ def chip_scene(
 
     ``label_path``: the scene's mask (0/1/255); ``images``: array name -> uint8 image on the same
     grid (e.g. {"normalized": ..., "tci": ...}); ``classes``: the names of mask values 0 and 1, keys of
-    each record's class fractions. Stores per kept chip the images as (N, C, size, size) arrays and the
-    mask as ``mask`` (N, size, size), plus ``chips.json`` with the chip records (``split`` left empty)
-    and ``stamp``. A scene with no kept chip is stored with empty arrays. Raises NoChips when the
+    each record's class fractions; ``sources``: the source products every chip records. Stores per kept
+    chip the images as (N, C, size, size) arrays and the mask as ``mask`` (N, size, size), plus
+    ``chips.json`` with the chip records (``split`` left empty) and ``stamp``. A scene with no kept chip is stored with empty arrays. Raises NoChips when the
     raster is smaller than one chip, InputError when an image is off its grid or not uint8.
     """
     label_path = Path(label_path)
@@ -159,29 +159,30 @@ def chip_scene(
     kept = all_windows.subset(keep(all_windows))
     log.info("chip %s: kept %d of %d windows", scene, len(kept), len(all_windows))
 
-    sources = {name: rasterio.open(path) for name, path in images.items()}
+    readers = {name: rasterio.open(path) for name, path in images.items()}
     try:
-        for name, src in sources.items():
+        for name, src in readers.items():
             if set(src.dtypes) != {"uint8"}:
                 raise InputError(f"{name} raster {src.name}: data type {src.dtypes[0]}, expected uint8 "
                                  f"(chip arrays are uint8: stretch it first)")
-        shapes = {name: (len(kept), src.count, size, size) for name, src in sources.items()}
+        shapes = {name: (len(kept), src.count, size, size) for name, src in readers.items()}
         shapes[MASK_ARRAY] = (len(kept), size, size)
         with scene_array_writer(out_root, scene, shapes) as (writers, tmp_dir):
             for row_off in progress(np.unique(kept.row_off), f"chip {scene}", show_progress):
                 cols = kept.col_off[kept.row_off == row_off]
                 row_window = Window(int(cols[0]), int(row_off), int(cols[-1] - cols[0]) + size, size)
-                for name, src in sources.items():
+                for name, src in readers.items():
                     with reading(Path(src.name), f"{name} raster"):
                         strip = src.read(window=row_window)
                     writers[name].append(np.stack([strip[:, :, c - cols[0]:c - cols[0] + size] for c in cols]))
                 writers[MASK_ARRAY].append(np.stack([mask[row_off:row_off + size, c:c + size] for c in cols]))
-            records = [chip_record(scene, i, kept, size, (source,), crs, transform, classes) for i in range(len(kept))]
+            records = [chip_record(scene, i, kept, size, tuple(sources), crs, transform, classes)
+                       for i in range(len(kept))]
             result = SceneChips(scene, records, scene_array_paths(scene, shapes), len(all_windows),
                                 dict(stamp) if stamp is not None else None, height, width)
             write_scene_chips(tmp_dir, result)
     finally:
-        for src in sources.values():
+        for src in readers.values():
             src.close()
     return result
 

@@ -42,17 +42,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import rasterio
 from omegaconf import DictConfig, OmegaConf
-from rasterio.windows import Window
 
 from apps.foundation.chips import (
     SPLITS, ChipRecord, invalidate_dataset, scene_array_paths, scene_array_writer, write_dataset_index,
 )
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
-from data_prep.chipping import (
-    MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, chip_record, read_scene_chips, scan_windows, write_scene_chips,
-)
-from data_prep.geotiff import GeoTiffSettings, in_gdal_env, open_raster, output_profile, stage_stamp, stamp_tags
+from data_prep.chipping import MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
+from data_prep.geotiff import GeoTiffSettings, in_gdal_env, output_profile, stage_stamp, stamp_tags
 from data_prep.normalize import NODATA, NormalizeSettings, stretch
 from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
 from data_prep.sentinel2 import (
@@ -71,24 +68,18 @@ ROTATED_SUFFIX = "__rot"
 
 
 @dataclass(frozen=True)
-class PairChipSettings:
-    """Pair chips of ``size`` px, windows overlapping by ``overlap`` (fraction of ``size``); a chip is kept when
-    change covers at least ``min_change_fraction`` of it, no change some of it, and ignore at most ``max_ignore_fraction``."""
+class PairChipSettings(ChipSettings):
+    """The sliding windows of ChipSettings and the deforestation keep rule: a chip is kept when change covers
+    at least ``min_change_fraction`` of it, no change some of it, and ignore at most ``max_ignore_fraction``."""
 
-    size: int = 256
-    overlap: float = 0.25
     min_change_fraction: float = 0.1
     max_ignore_fraction: float = 0.5
 
     def __post_init__(self):
-        ChipSettings(size=self.size, overlap=self.overlap)
+        super().__post_init__()
         for name in ("min_change_fraction", "max_ignore_fraction"):
             if not 0 <= getattr(self, name) <= 1:
                 raise InputError(f"chip.{name}: must be in [0, 1], got {getattr(self, name)}")
-
-    def windows(self, mask: np.ndarray) -> ChipWindows:
-        """All sliding windows over ``mask`` (H, W) with their fractions (``positive_fraction`` = change)."""
-        return scan_windows(mask, ChipSettings(size=self.size, overlap=self.overlap))
 
     def keep(self, windows: ChipWindows) -> np.ndarray:
         """(N,) bool: the windows worth keeping."""
@@ -304,39 +295,6 @@ def run_prepare(area: str, folder: Path, config: PrepConfig) -> bool:
     return True
 
 
-@in_gdal_env
-def chip_area(area: str, config: PrepConfig, sources: tuple[str, ...], stamp: dict) -> SceneChips:
-    """Cut one area's pair chips (windows passing the chip thresholds) and store them under
-    ``out_dir/scenes/<area>/``: arrays ``<date>_<combo>`` (N, C, size, size) and ``mask`` (N, size, size),
-    uint8, and ``chips.json`` with their records (split still empty)."""
-    size = config.chip.size
-    with open_raster(config.label_path(area), "label raster") as src:
-        mask = src.read(1)
-        transform, crs = src.transform, src.crs.to_wkt()
-    windows = config.chip.windows(mask)
-    kept = windows.subset(config.chip.keep(windows))
-    log.info("chip %s: kept %d of %d windows", area, len(kept), len(windows))
-    readers = {name: rasterio.open(path) for name, path in config.image_paths(area).items()}
-    try:
-        shapes = {name: (len(kept), src.count, size, size) for name, src in readers.items()}
-        shapes[MASK_ARRAY] = (len(kept), size, size)
-        records: list[ChipRecord] = []
-        with scene_array_writer(config.out_dir, area, shapes) as (writers, tmp_dir):
-            for i in range(len(kept)):
-                row_off, col_off = int(kept.row_off[i]), int(kept.col_off[i])
-                window = Window(col_off, row_off, size, size)
-                for name, src in readers.items():
-                    writers[name].append(src.read(window=window))
-                writers[MASK_ARRAY].append(mask[row_off:row_off + size, col_off:col_off + size])
-                records.append(chip_record(area, i, kept, size, sources, crs, transform, CLASSES))
-            result = SceneChips(area, records, scene_array_paths(area, shapes), len(windows), stamp, *mask.shape)
-            write_scene_chips(tmp_dir, result)
-    finally:
-        for src in readers.values():
-            src.close()
-    return result
-
-
 def run_chip(area: str, config: PrepConfig) -> bool:
     """Chip one area unless its stored chips are up to date; True if it ran."""
     prepared = _read_prepared(config, area)
@@ -347,7 +305,9 @@ def run_chip(area: str, config: PrepConfig) -> bool:
     if not config.force and stored is not None and stored.stamp == stamp:
         return False
     invalidate_dataset(config.out_dir)
-    chip_area(area, config, tuple(prepared["products"][d]["product"] for d in DATES), stamp)
+    chip_scene(area, config.label_path(area), config.image_paths(area), config.out_dir, config.chip,
+               config.chip.keep, CLASSES, tuple(prepared["products"][d]["product"] for d in DATES), stamp,
+               show_progress=False)
     return True
 
 

@@ -51,7 +51,7 @@ def run_stages(scene_dir: Path, polygons: Path, out_dir: Path) -> dict:
     seconds["label"] = time.perf_counter() - start
     start = time.perf_counter()
     chips = chip_scene(scene.name, label, {"normalized": normalized, "tci": scene.bands["TCI"]}, out_dir,
-                       chip.window_settings, chip.keep, CLASSES, show_progress=False)
+                       chip, chip.keep, CLASSES, show_progress=False)
     seconds["chip"] = time.perf_counter() - start
     return {"stages_s": seconds, "chips_kept": len(chips.records), "windows": chips.windows_total,
             "burned_fraction": burned}

@@ -23,7 +23,7 @@ TRANSFORM = Affine(10, 0, 600_000, 0, -10, 5_000_000)
 
 def chip(label, images, out_root, settings: BurnChipSettings, **kwargs):
     """chip_scene with the burned-area keep rule of ``settings``."""
-    return chip_scene("s", label, images, out_root, settings.window_settings, settings.keep, CLASSES,
+    return chip_scene("s", label, images, out_root, settings, settings.keep, CLASSES,
                       show_progress=False, **kwargs)
 
 
@@ -115,7 +115,7 @@ def scene_rasters(tmp_path):
 def test_chip_scene_stores_windows_of_every_array(tmp_path, scene_rasters):
     settings = BurnChipSettings(size=32, overlap=0.25, min_class_fraction=0.1)
     images = {"normalized": scene_rasters["normalized"], "tci": scene_rasters["tci"]}
-    result = chip(scene_rasters["label"], images, tmp_path / "out", settings, source="src", stamp={"k": 1})
+    result = chip(scene_rasters["label"], images, tmp_path / "out", settings, sources=("src",), stamp={"k": 1})
     root = tmp_path / "out"
     normalized = np.load(root / result.arrays["normalized"], mmap_mode="r")
     tci = np.load(root / result.arrays["tci"], mmap_mode="r")
