@@ -160,6 +160,21 @@ def _require_target_year(config: PrepConfig) -> int:
     return config.target_year
 
 
+def _prepare_settings(config: PrepConfig) -> dict:
+    """The settings the prepare stage's outputs depend on (part of its stamp)."""
+    return json.loads(json.dumps({
+        "target_year": config.target_year, "bands": list(config.bands), "sentinel2": asdict(config.sentinel2),
+        "stretch": asdict(config.stretch), "prodes": asdict(config.prodes)}))
+
+
+def _check_made_with(area: str, stage: str, stored: dict, current: dict) -> None:
+    """InputError unless the area's ``stage`` outputs were made with the ``current`` settings (their stamp's)."""
+    if stored != current:
+        changed = sorted(k for k in {*stored, *current} if stored.get(k) != current.get(k))
+        raise InputError(f"area {area}: {stage} outputs were made with other settings ({', '.join(changed)}): "
+                         f"run stage={stage} area={area} with these settings first, or split with the same ones")
+
+
 def _read_prepared(config: PrepConfig, area: str) -> dict | None:
     try:
         return json.loads(config.prepared_path(area).read_text())
@@ -246,7 +261,7 @@ def prepare_area(area: str, products: Mapping[str, Product], config: PrepConfig,
     check_overlap(products["before"], products["after"])
     frame = read_prodes(_polygons(config), grid, config.prodes)
     try:
-        window = date_window(window_dates(frame, target_year), config.prodes.date_margin_days)
+        window = date_window(window_dates(frame, target_year, config.prodes), config.prodes.date_margin_days)
     except ValueError:
         window = None
         log.warning("area %s: no PRODES polygon of %d or %d with an image date overlaps it; sensing dates not checked",
@@ -282,11 +297,10 @@ def run_prepare(area: str, folder: Path, config: PrepConfig) -> bool:
     for d, product in products.items():
         inputs.update({f"{d}/{band}": path for band, path in product.bands.items()})
         inputs[f"{d}/metadata"] = product.metadata
-    settings = {"target_year": config.target_year, "bands": list(config.bands), "sentinel2": asdict(config.sentinel2),
-                "stretch": asdict(config.stretch), "prodes": asdict(config.prodes)}
-    stamp = stage_stamp("prepare", settings, inputs)
+    stamp = stage_stamp("prepare", _prepare_settings(config), inputs)
     prepared = _read_prepared(config, area)
-    if not config.force and prepared is not None and prepared["stamp"] == stamp:
+    outputs = [config.label_path(area), *config.image_paths(area).values()]
+    if not config.force and prepared is not None and prepared["stamp"] == stamp and all(p.is_file() for p in outputs):
         return False
     invalidate_dataset(config.out_dir)
     config.prepared_path(area).unlink(missing_ok=True)
@@ -346,6 +360,8 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
         chips, prepared = read_scene_chips(config.out_dir, area), _read_prepared(config, area)
         if chips is None or prepared is None:
             raise InputError(f"area {area}: not chipped yet in {config.out_dir} (run stage=chip area={area})")
+        _check_made_with(area, "prepare", prepared["stamp"]["settings"], _prepare_settings(config))
+        _check_made_with(area, "chip", chips.stamp["settings"], json.loads(json.dumps(asdict(config.chip))))
         if chips.records:
             usable.append((chips, prepared))
         else:

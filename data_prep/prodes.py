@@ -103,9 +103,11 @@ def read_prodes(path: Path, grid: Grid, settings: ProdesSettings = ProdesSetting
     return frame.to_crs(grid.crs)
 
 
-def window_dates(frame: gpd.GeoDataFrame, target_year: int) -> list:
-    """The ``image_date`` values of ``read_prodes``'s frame for polygons of ``target_year`` and the year before."""
-    return list(frame.loc[frame["year"].isin([target_year - 1, target_year]), "image_date"])
+def window_dates(frame: gpd.GeoDataFrame, target_year: int, settings: ProdesSettings) -> list:
+    """The ``image_date`` values of ``read_prodes``'s frame for deforestation polygons of ``target_year`` and
+    the year before: the two PRODES mappings a before/after pair spans (other classes carry unrelated dates)."""
+    chosen = frame["year"].isin([target_year - 1, target_year]) & _is_deforestation(frame, settings)
+    return list(frame.loc[chosen, "image_date"])
 
 
 def change_polygons(frame: gpd.GeoDataFrame, target_year: int, settings: ProdesSettings) -> gpd.GeoDataFrame:

@@ -333,8 +333,9 @@ def combination_strips(
     """Read ``product`` onto ``grid`` and compute ``combinations``, one strip of ``strip_rows`` rows at a time.
 
     Yields (full-width window of the strip, combination -> (C, rows, W) float32 with NaN where invalid,
-    valid (rows, W) bool). A pixel is valid where every reflectance band has data (DN != 0) and
-    (cloud_mask=scl) its SCL class is not in ``cloud_classes``; invalid pixels are NaN in every channel.
+    valid (rows, W) bool). A pixel is valid where every reflectance band has data (DN != 0),
+    (cloud_mask=scl) its SCL class is not in ``cloud_classes``, and every requested combination is
+    defined (NDVI of a pixel dark in both B04 and B08 is 0/0); invalid pixels are NaN in every channel.
     """
     cloudy = np.isin(np.arange(256), settings.cloud_classes)
     readers = {band: OnGrid(path, grid, Resampling.nearest if band == SCL_BAND else Resampling.bilinear)
@@ -349,7 +350,13 @@ def combination_strips(
                 scl = readers[SCL_BAND].read(window)
                 invalid |= cloudy[scl] if scl.dtype == np.uint8 else np.isin(scl, settings.cloud_classes)
             bands = {band: reflectance(dn.pop(band), product.offsets[band], invalid) for band in REFLECTANCE_BANDS}
-            yield window, {name: band_combination(name, bands) for name in combinations}, ~invalid
+            combos = {name: band_combination(name, bands) for name in combinations}
+            undefined = np.logical_or.reduce([np.isnan(values).any(axis=0) for values in combos.values()]) & ~invalid
+            if undefined.any():
+                invalid |= undefined
+                for values in combos.values():
+                    values[:, undefined] = np.nan
+            yield window, combos, ~invalid
     finally:
         for reader in readers.values():
             reader.close()

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
@@ -152,6 +153,17 @@ def test_rerun_skips_finished_areas(dataset, pairs):
     prepare(tiny_config(dataset, *pairs))
     assert {p: p.stat().st_mtime_ns for p in outputs} == before
     assert (dataset / "dataset.json").is_file()
+
+
+def test_split_refuses_chips_made_with_other_settings_and_prepare_redoes_missing_outputs(tmp_path, dataset, pairs):
+    out = tmp_path / "dataset"
+    shutil.copytree(dataset, out)
+    with pytest.raises(InputError, match=r"area area_00: chip outputs were made with other settings \(size\)"):
+        prepare(replace(tiny_config(out, *pairs), chip=PairChipSettings(**{**CHIP, "size": 128})), stage="split")
+    assert not (out / "dataset.json").exists()
+    (out / "work" / "area_01" / "label.tif").unlink()
+    prepare(tiny_config(out, *pairs))
+    assert (out / "work" / "area_01" / "label.tif").is_file() and (out / "dataset.json").is_file()
 
 
 def test_area_without_chips_is_skipped_while_others_yield(tmp_path, pairs):
@@ -465,3 +477,15 @@ def test_killed_prep_resumes_to_the_same_dataset(tmp_path):
     for scene in expected.index["scenes"]:
         for name in expected.arrays:
             np.testing.assert_array_equal(dataset.open_array(scene, name), expected.open_array(scene, name))
+
+
+def test_pixels_where_a_combination_is_undefined_are_no_data(tmp_path):
+    """Dark in both B04 and B08 (DN below the 04.00 offset: reflectance clipped to 0) makes NDVI 0/0: the
+    pixel is no data in every combination, not a valid pixel with a blank NDVI."""
+    values = random_reflectance((4, 8, 8))
+    values[2:, 3, 4] = [-0.002, -0.001]  # B04, B08 just under the offset
+    product = open_product(write_product(tmp_path / "p", values, baseline="05.00", offset=-1000), Sentinel2Settings())
+    combos, valid = read_combinations(product, product.grid, ["nirrg", "ndvi"], Sentinel2Settings())
+    assert not valid[3, 4] and valid.sum() == 63
+    assert np.isnan(combos["nirrg"][:, 3, 4]).all() and np.isnan(combos["ndvi"][:, 3, 4]).all()
+    assert np.isfinite(combos["ndvi"][:, valid]).all()
