@@ -83,5 +83,6 @@ def test_every_choice_builds(app, group, option, datasets, weights, tmp_path):
         logger = build(cfg.logger, save_dir=str(tmp_path))
         assert Path(logger.log_dir).is_relative_to(tmp_path)
     else:
-        built = [build(c) for c in cfg.callbacks.values() if c and "_target_" in c]
-        assert built
+        built = {name: build(c) for name, c in cfg.callbacks.items() if c and "_target_" in c}
+        assert {name: type(callback).__name__ for name, callback in built.items()} == {
+            "lr_monitor": "LearningRateMonitor", "test_examples": "TestExamplesFigure"}

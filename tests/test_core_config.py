@@ -137,3 +137,21 @@ def test_run_directories_never_collide():
     (sweep_a, run_a, sweep_a2), (sweep_b, run_b, _) = outputs
     assert sweep_a == sweep_a2, "a sweep directory must resolve the same every time within one process"
     assert sweep_a != sweep_b and run_a != run_b
+
+
+def test_focal_loss_is_softmax_cross_entropy_weighted_by_difficulty():
+    import torch
+
+    from apps.core.losses import FocalLoss
+
+    logits = torch.randn(2, 3, 4, 4)
+    target = torch.randint(0, 3, (2, 4, 4))
+    target[0, 0] = 255
+    labelled = target != 255
+    ce = torch.nn.functional.cross_entropy(logits, target, ignore_index=255, reduction="none")[labelled]
+    assert torch.allclose(FocalLoss(255, gamma=0.0)(logits, target), ce.mean())
+    p_t = torch.exp(-ce)
+    assert torch.allclose(FocalLoss(255, gamma=2.0)(logits, target), ((1 - p_t) ** 2 * ce).mean())
+    weights = torch.tensor([1.0, 2.0, 3.0])
+    weighted = FocalLoss(255, gamma=2.0, class_weights=weights.tolist())(logits, target)
+    assert torch.allclose(weighted, ((1 - p_t) ** 2 * ce * weights[target[labelled]]).mean())

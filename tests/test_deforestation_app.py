@@ -14,6 +14,7 @@ from data_prep.synthetic_chips import make_pair_chip_dataset
 
 from apps.core.precision import resolve_precision
 from apps.core.train import train
+from apps.foundation.errors import InputError
 
 FAST = ["batch_size=4", "num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
 NETWORKS = sorted(p.stem for p in (Path(CONF_DIR) / "deforestation" / "model").glob("*.yaml"))
@@ -49,7 +50,7 @@ def test_every_network_trains_and_records_the_change_scores(network, init, pairs
     for name in ("accuracy", "miou", "f1", "precision", "recall", "iou"):
         assert 0 <= record["metrics"][f"test/{name}"] <= 1
     assert "val/f1" in record["metrics"] and not any(k.startswith("val/") and k != "val/f1" for k in record["metrics"])
-    assert record["facts"]["precision"] == resolve_precision("auto", "cpu")
+    assert record["facts"]["precision"] == resolve_precision("auto")  # as trainer.accelerator=auto resolves it
     assert (tmp_path / "run" / "test_examples.png").stat().st_size > 1000
 
 
@@ -79,6 +80,9 @@ def test_deep_supervision_weighs_every_output_against_the_resized_mask():
             ignore_index=255) for w, o in zip([0.5, 0.5, 0.5, 0.8, 1.0], outputs))
         assert [o.shape[-1] for o in outputs] == [2, 4, 8, 16, 64]
         assert torch.allclose(task.training_loss(batch), expected)
+        task.supervision_weights = [1.0]
+        with pytest.raises(InputError, match="1 weight.* 5 output"):
+            task.training_loss(batch)
 
 
 def test_study_grid_has_72_points_that_compose():

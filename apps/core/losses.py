@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -19,6 +20,30 @@ class CrossEntropy(nn.CrossEntropyLoss):
     def __init__(self, ignore_index: int, class_weights: Sequence[float] | None = None) -> None:
         weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
         super().__init__(weight=weight, ignore_index=ignore_index)
+
+
+class FocalLoss(nn.Module):
+    """Softmax focal loss (Lin et al. 2017): each labelled pixel's cross-entropy -log p_t times
+    (1 - p_t)^``gamma``, optionally times its class's weight, averaged over labelled pixels.
+
+    Written here because segmentation-models-pytorch's multiclass focal loss is one-vs-rest sigmoid,
+    which does not match the softmax probabilities the tasks and whole-scene prediction use.
+    """
+
+    def __init__(self, ignore_index: int, gamma: float = 2.0, class_weights: Sequence[float] | None = None) -> None:
+        super().__init__()
+        self.ignore_index, self.gamma = ignore_index, float(gamma)
+        weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        labelled = target != self.ignore_index
+        safe_target = torch.where(labelled, target, 0)
+        log_p_t = F.log_softmax(logits.float(), dim=1).gather(1, safe_target[:, None])[:, 0]
+        loss = -(1 - log_p_t.exp()).pow(self.gamma) * log_p_t
+        if self.weight is not None:
+            loss = loss * self.weight[safe_target]
+        return loss[labelled].mean() if labelled.any() else loss.sum() * 0
 
 
 class WeightedSum(nn.Module):

@@ -34,5 +34,6 @@ def resolve_precision(precision: str | int, accelerator: str = "auto") -> str:
 
     uses_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if uses_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+        # Emulated bf16 (pre-Ampere GPUs) is slow: those get fp16.
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
     return "bf16-mixed" if cpu_bf16_flags() else "32-true"

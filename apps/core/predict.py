@@ -318,7 +318,7 @@ def run_prediction(args: argparse.Namespace, scene: str, prepare: Prepare, class
         with prepare(task, args, output_paths(args.out)[0].parent) as inputs:
             summary = predict_scene(
                 task, inputs, args.out, args.chip_size, args.overlap, args.batch_size, args.threshold, device,
-                args.min_area_m2, class_name=class_name, tags=facts,
+                args.min_area_m2, class_name=class_name, positive_class=task.positive_class, tags=facts,
             )
     except InputError as exc:
         exit_with_error(exc)

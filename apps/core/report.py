@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from apps.foundation.errors import InputError
 from apps.foundation.rundir import HYDRA_DIR, OVERRIDES_FILE, read_completed
-from apps.foundation.files import atomic_write_text
+from apps.foundation.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -242,9 +242,8 @@ def plot_sweep(report: SweepReport, path: str | os.PathLike | None = None) -> Pa
 
     default_name = f"{metric.replace('/', '_')}_by_hyperparameter.png"
     path = Path(path) if path else report.sweep_dir / default_name
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    figure.savefig(temporary, format="png", dpi=120)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=120)
     return path
 
 

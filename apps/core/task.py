@@ -17,14 +17,6 @@ def plain(cfg: Any) -> Any:
     return cfg
 
 
-def _as_dict(cfg: Mapping | DictConfig | None) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return dict(cfg)
-
-
 class BaseTask(pl.LightningModule):
     """Optimizer and learning-rate schedule built from their config groups.
 
@@ -43,8 +35,8 @@ class BaseTask(pl.LightningModule):
 
     def __init__(self, optimizer: Mapping, scheduler: Mapping | None = None) -> None:
         super().__init__()
-        self.optimizer_cfg = _as_dict(optimizer)
-        self.scheduler_cfg = _as_dict(scheduler)
+        self.optimizer_cfg = dict(plain(optimizer))
+        self.scheduler_cfg = dict(plain(scheduler) or {})
         self.preparation: dict[str, Any] = {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ class DeforestationTask(SegmentationTask):
         scheduler: Mapping[str, Any] | None = None,
         loss: Mapping[str, Any] | None = None,
         bands: Sequence[str] = ("nirrg",),
-        supervision_weights: Sequence[float] = (1.0,),
+        supervision_weights: Sequence[float] = (0.5, 0.5, 0.5, 0.8, 1.0),
         class_names: Sequence[str] = ("no_change", "change"),
     ) -> None:
         model, init, optimizer, scheduler, loss, bands, supervision_weights, class_names = map(
@@ -69,7 +69,10 @@ class DeforestationTask(SegmentationTask):
 
     def training_loss(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         outputs = self(batch["before"], batch["after"])
-        weights = self.supervision_weights[-len(outputs):]  # a one-output baseline uses the last weight
+        if len(outputs) != len(self.supervision_weights):
+            raise InputError(f"model.supervision_weights: {len(self.supervision_weights)} weight(s) for a network of "
+                             f"{len(outputs)} output(s) ({type(self.net).__name__}); give one per output")
+        weights = self.supervision_weights
         mask = batch["mask"][:, None].float()
         total = 0.0
         for weight, logits in zip(weights, outputs):

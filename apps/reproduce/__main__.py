@@ -49,7 +49,9 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     datamodule = build(cfg.data)
     task = build(cfg.task)
     trainer_cfg = cfg.trainer
-    precision = resolve_precision(trainer_cfg.get("precision", AUTO), trainer_cfg.accelerator)
+    # The precision the run trained and tested in, whatever this machine would pick now.
+    precision = record["facts"].get("precision") or resolve_precision(trainer_cfg.get("precision", AUTO),
+                                                                       trainer_cfg.accelerator)
     trainer = pl.Trainer(accelerator=trainer_cfg.accelerator, devices=1, precision=precision,
                          deterministic=trainer_cfg.deterministic, logger=False, enable_progress_bar=False,
                          default_root_dir=str(run_dir / "reevaluation"), enable_checkpointing=False)
