@@ -39,7 +39,7 @@ from apps.foundation.chips import invalidate_dataset
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_write_text
 from data_prep.chipping import ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
-from data_prep.geotiff import GeoTiffSettings, read_stamp, stage_stamp, stamp_tags
+from data_prep.geotiff import GeoTiffSettings, check_made_with, read_stamp, stage_stamp, stamp_tags
 from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
 from data_prep.normalize import NormalizeSettings, normalize_bands
 from data_prep.scenes import NoChips, Scene, find_scene, list_scene_folders, scene_name
@@ -252,6 +252,7 @@ def run_split(scene_names: list[str], config: PrepConfig) -> Path:
         chips = read_scene_chips(config.out_dir, name)
         if chips is None:
             raise InputError(f"scene {name}: not chipped yet in {config.out_dir} (run stage=chip scene={name})")
+        check_made_with(f"scene {name}", "chip", chips.stamp, asdict(config.chip))
         stored.append(chips)
     split_attrs = asdict(config.split)
     if config.split.method == "blocks":

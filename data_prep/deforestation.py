@@ -49,7 +49,7 @@ from apps.foundation.chips import (
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 from data_prep.chipping import MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
-from data_prep.geotiff import GeoTiffSettings, in_gdal_env, output_profile, stage_stamp, stamp_tags
+from data_prep.geotiff import GeoTiffSettings, check_made_with, in_gdal_env, output_profile, stage_stamp, stamp_tags
 from data_prep.normalize import NODATA, NormalizeSettings, stretch
 from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
 from data_prep.sentinel2 import (
@@ -165,14 +165,6 @@ def _prepare_settings(config: PrepConfig) -> dict:
     return json.loads(json.dumps({
         "target_year": config.target_year, "bands": list(config.bands), "sentinel2": asdict(config.sentinel2),
         "stretch": asdict(config.stretch), "prodes": asdict(config.prodes)}))
-
-
-def _check_made_with(area: str, stage: str, stored: dict, current: dict) -> None:
-    """InputError unless the area's ``stage`` outputs were made with the ``current`` settings (their stamp's)."""
-    if stored != current:
-        changed = sorted(k for k in {*stored, *current} if stored.get(k) != current.get(k))
-        raise InputError(f"area {area}: {stage} outputs were made with other settings ({', '.join(changed)}): "
-                         f"run stage={stage} area={area} with these settings first, or split with the same ones")
 
 
 def _read_prepared(config: PrepConfig, area: str) -> dict | None:
@@ -360,8 +352,8 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
         chips, prepared = read_scene_chips(config.out_dir, area), _read_prepared(config, area)
         if chips is None or prepared is None:
             raise InputError(f"area {area}: not chipped yet in {config.out_dir} (run stage=chip area={area})")
-        _check_made_with(area, "prepare", prepared["stamp"]["settings"], _prepare_settings(config))
-        _check_made_with(area, "chip", chips.stamp["settings"], json.loads(json.dumps(asdict(config.chip))))
+        check_made_with(f"area {area}", "prepare", prepared["stamp"], _prepare_settings(config))
+        check_made_with(f"area {area}", "chip", chips.stamp, asdict(config.chip))
         if chips.records:
             usable.append((chips, prepared))
         else:

@@ -157,3 +157,14 @@ def stage_stamp(stage: str, settings: dict, inputs: dict[str, Path]) -> dict:
     an output whose stored stamp equals a fresh one is up to date."""
     stamp = {"stage": stage, "settings": settings, "inputs": {k: input_identity(p) for k, p in inputs.items()}}
     return json.loads(json.dumps(stamp))
+
+
+def check_made_with(subject: str, stage: str, stamp: dict | None, settings: dict) -> None:
+    """InputError unless ``subject``'s ``stage`` outputs, stamped ``stamp`` (None: unrecorded, not checked),
+    were made with ``settings``: a later stage run with other settings would describe or split them wrongly."""
+    current = json.loads(json.dumps(settings))
+    stored = (stamp or {}).get("settings")
+    if stored is not None and stored != current:
+        changed = sorted(k for k in {*stored, *current} if stored.get(k) != current.get(k))
+        raise InputError(f"{subject}: {stage} outputs were made with other settings ({', '.join(changed)}): "
+                         f"run stage={stage} with these settings first, or the next stage with the same ones")

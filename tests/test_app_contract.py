@@ -63,6 +63,8 @@ APPS = [
             segmentation_chips, "apps.burned_area.predict", burned_area_scene, "burned"),
     AppCase("deforestation", ("model=fc_siam_diff",), pair_chips, "apps.deforestation.predict", deforestation_pair,
             "change"),
+    pytest.param(AppCase("deforestation", ("model=changeformer_v6",), pair_chips, "apps.deforestation.predict",
+                         deforestation_pair, "change"), marks=pytest.mark.slow, id="deforestation-changeformer"),
 ]
 
 

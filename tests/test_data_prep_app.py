@@ -92,6 +92,11 @@ def test_rerun_skips_finished_work_and_redoes_what_changed(tmp_path, synthetic_s
     assert all(p.stat().st_mtime_ns == before[p] for p in outputs if p.suffix == ".tif")
     assert all(p.stat().st_mtime_ns != before[p] for p in outputs if p.suffix == ".json")
     assert min(r.class_fractions["burned"] for r in ChipDataset(out).records) >= 0.2
+    with pytest.raises(InputError, match=r"scene scene_00: chip outputs were made with other settings \(size\)"):
+        prepare(tiny_config(out, synthetic_scenes.scenes_dir, synthetic_scenes.polygons,
+                            chip=BurnChipSettings(**{**TINY_CHIP, "min_class_fraction": 0.2, "size": 32})),
+                stage="split")
+    assert not (out / "dataset.json").exists()
 
 
 def test_stages_one_scene_at_a_time_give_the_same_dataset(tmp_path, synthetic_scenes, burned_area_chips):
@@ -235,7 +240,7 @@ def test_cli_split_fixed_override_pins_a_scene(tmp_path, synthetic_scenes, burne
     out = tmp_path / "out"
     shutil.copytree(burned_area_chips, out)
     assert {r.split for r in ChipDataset(out).records if r.scene == "scene_02"} != {"test"}
-    result = run_cli("stage=split", f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={out}",
+    result = run_cli("stage=split", f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={out}", *CLI_CHIP,
                      "split.fixed={scene_02: test}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     dataset = ChipDataset(out)

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.predict import parse_args, run_prediction
+from apps.core.predict import parse_args, recorded_settings, run_prediction
 from apps.foundation.errors import InputError
 
 INPUT_BANDS = {"normalized": ("B04", "B03", "B02"), "tci": ("TCI",)}
@@ -47,7 +47,7 @@ def prepared_image(task: Any, args: argparse.Namespace, work_dir: Path) -> Itera
     if task.input_set == "tci":
         yield {"image": scene.bands["TCI"]}
         return
-    settings = NormalizeSettings(**task.preparation.get("attrs", {}).get("normalize", {}))
+    settings = NormalizeSettings(**recorded_settings(task, "normalize"))
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:
         path = Path(tmp) / "normalized.tif"

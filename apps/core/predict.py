@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +40,8 @@ PROBABILITY_SCALE = 254
 """Band 2 holds round(probability * PROBABILITY_SCALE), so 255 stays free for nodata."""
 GEOJSON_CRS = "EPSG:4326"
 DEVICES = ("auto", "cpu", "cuda")
+
+log = logging.getLogger(__name__)
 
 Inputs = Mapping[str, "Path | Sequence[Path]"]
 """Sample key -> a prepared uint8 raster, or several stacked along bands (as the training chips' arrays)."""
@@ -252,6 +255,15 @@ def load_task(path: Path, device: str):
     except Exception as exc:  # torch, pickle, zip, import and constructor errors all mean: not usable here
         raise InputError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
     return task.to(device)
+
+
+def recorded_settings(task: Any, name: str) -> dict:
+    """The settings ``name`` (e.g. ``normalize``) that the task's training dataset recorded in its attrs;
+    an empty dict, with a warning, when it recorded none (the prep's defaults then apply)."""
+    settings = task.preparation.get("attrs", {}).get(name)
+    if settings is None:
+        log.warning("the checkpoint's training dataset recorded no %s settings: using the defaults", name)
+    return dict(settings or {})
 
 
 def pick_device(name: str) -> str:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.predict import parse_args, run_prediction
+from apps.core.predict import parse_args, recorded_settings, run_prediction
 from apps.foundation.errors import InputError
 
 SIZE_MULTIPLE = 32
@@ -39,9 +39,8 @@ def prepared_pair(task: Any, args: argparse.Namespace, work_dir: Path) -> Iterat
     from data_prep.normalize import NormalizeSettings
     from data_prep.sentinel2 import Sentinel2Settings, open_product
 
-    attrs = task.preparation.get("attrs", {})
-    sentinel2 = Sentinel2Settings(**attrs.get("sentinel2", {}))
-    stretch = NormalizeSettings(**attrs.get("stretch", {}))
+    sentinel2 = Sentinel2Settings(**recorded_settings(task, "sentinel2"))
+    stretch = NormalizeSettings(**recorded_settings(task, "stretch"))
     products = {date: open_product(folder, sentinel2) for date, folder in zip(DATES, (args.before, args.after))}
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:
