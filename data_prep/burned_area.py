@@ -42,7 +42,7 @@ from data_prep.chipping import ChipSettings, ChipWindows, SceneChips, chip_scene
 from data_prep.geotiff import GeoTiffSettings, check_made_with, read_stamp, stage_stamp, stamp_tags
 from data_prep.label import CLASSES, LabelSettings, label_raster, polygon_file_info
 from data_prep.normalize import NormalizeSettings, normalize_bands
-from data_prep.scenes import NoChips, Scene, find_scene, list_scene_folders, scene_name
+from data_prep.scenes import NoChips, Scene, find_scene, list_folders, resolve_folder, scene_name
 from data_prep.split import SplitSettings, write_split_dataset
 
 log = logging.getLogger(__name__)
@@ -270,22 +270,6 @@ def run_split(scene_names: list[str], config: PrepConfig) -> Path:
                                skipped)
 
 
-def _resolve_scene(scene: str, config: PrepConfig) -> Path:
-    """The folder of ``scene``: a subfolder of scenes_dir by that name, or a folder path."""
-    if config.scenes_dir is not None and (config.scenes_dir / scene).is_dir():
-        return config.scenes_dir / scene
-    if Path(scene).is_dir():
-        return Path(scene)
-    where = f"under scenes_dir {config.scenes_dir}" if config.scenes_dir is not None else "(set scenes_dir)"
-    raise InputError(f"scene {scene}: no such scene folder {where}")
-
-
-def _all_scene_folders(config: PrepConfig) -> list[Path]:
-    if config.scenes_dir is None:
-        raise InputError("scenes_dir: not set (scenes_dir=<folder with one subfolder per scene>)")
-    return list_scene_folders(config.scenes_dir)
-
-
 def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) -> Path | None:
     """Run ``stage`` (one of STAGES) for ``scene`` (a name or folder; None: every scene of scenes_dir).
 
@@ -297,9 +281,9 @@ def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) ->
     if stage == "split":
         if scene is not None:
             raise InputError("stage=split works on all scenes of scenes_dir: drop scene=")
-        return run_split([scene_name(f) for f in _all_scene_folders(config)], config)
+        return run_split([scene_name(f) for f in list_folders(config.scenes_dir)], config)
 
-    folders = [_resolve_scene(scene, config)] if scene is not None else _all_scene_folders(config)
+    folders = [resolve_folder(scene, config.scenes_dir)] if scene is not None else list_folders(config.scenes_dir)
     scenes = [find_scene(folder, config.scene_bands) for folder in folders]
     names = [item.name for item in scenes]
     if len(set(names)) < len(names):

@@ -55,6 +55,7 @@ from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label
 from data_prep.sentinel2 import (
     COMBINATIONS, Grid, Product, Sentinel2Settings, channel_histograms, check_overlap, combination_strips, open_product,
 )
+from data_prep.scenes import list_folders, resolve_folder
 from data_prep.split import BlockSplitSettings, split_by_blocks
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ STAGES = ("prepare", "chip", "split", "all")
 AREA_STAGES = ("prepare", "chip")
 DATES = ("before", "after")
 ROTATIONS = (90, 180, 270)
+AREA_FOLDERS = ("areas_dir", "area", "<area>/before/ and <area>/after/")
+"""(setting, kind, expected layout) of the area folders, for data_prep.scenes.list_folders."""
 ROTATED_SUFFIX = "__rot"
 """Scene ``<area>__rot`` holds the rotated copies of an area's train chips."""
 
@@ -399,26 +402,6 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
     return path
 
 
-def area_folders(areas_dir: Path | None) -> list[Path]:
-    """The area folders of ``areas_dir``: its non-hidden subfolders, sorted by name."""
-    if areas_dir is None:
-        raise InputError("areas_dir: not set (areas_dir=<folder with one subfolder per area>)")
-    if not Path(areas_dir).is_dir():
-        raise InputError(f"areas_dir {areas_dir}: not a folder")
-    folders = sorted(p for p in Path(areas_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise InputError(f"areas_dir {areas_dir}: holds no area folder (expected <area>/before/ and <area>/after/)")
-    return folders
-
-
-def _resolve_area(area: str, config: PrepConfig) -> Path:
-    if config.areas_dir is not None and (config.areas_dir / area).is_dir():
-        return config.areas_dir / area
-    if Path(area).is_dir():
-        return Path(area)
-    raise InputError(f"area {area}: no such area folder under areas_dir {config.areas_dir}")
-
-
 def prepare(config: PrepConfig, stage: str = "all", area: str | None = None) -> Path | None:
     """Run ``stage`` (one of STAGES) for ``area`` (a name or folder; None: every area of areas_dir).
 
@@ -430,8 +413,9 @@ def prepare(config: PrepConfig, stage: str = "all", area: str | None = None) -> 
     if stage == "split":
         if area is not None:
             raise InputError("stage=split works on all areas of areas_dir: drop area=")
-        return run_split([f.name for f in area_folders(config.areas_dir)], config)
-    folders = [_resolve_area(area, config)] if area is not None else area_folders(config.areas_dir)
+        return run_split([f.name for f in list_folders(config.areas_dir, *AREA_FOLDERS)], config)
+    folders = ([resolve_folder(area, config.areas_dir, *AREA_FOLDERS[:2])] if area is not None
+               else list_folders(config.areas_dir, *AREA_FOLDERS))
     stages = AREA_STAGES if stage == "all" else (stage,)
     if "prepare" in stages:
         _require_target_year(config)

@@ -37,15 +37,29 @@ class NoChips(InputError):
         self.reason = reason
 
 
-def list_scene_folders(scenes_dir: Path) -> list[Path]:
-    """The scene folders of ``scenes_dir``: its non-hidden subfolders, sorted by name."""
-    scenes_dir = Path(scenes_dir)
-    if not scenes_dir.is_dir():
-        raise InputError(f"scenes_dir {scenes_dir}: not a folder")
-    folders = sorted(p for p in scenes_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+def list_folders(parent: Path | None, setting: str = "scenes_dir", kind: str = "scene",
+                 expected: str = "one subfolder per scene") -> list[Path]:
+    """The ``kind`` folders of ``parent`` (the folder that ``setting`` names): its non-hidden subfolders,
+    sorted by name. InputError naming the setting when it is unset, not a folder, or holds none."""
+    if parent is None:
+        raise InputError(f"{setting}: not set ({setting}=<folder with one subfolder per {kind}>)")
+    parent = Path(parent)
+    if not parent.is_dir():
+        raise InputError(f"{setting} {parent}: not a folder")
+    folders = sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
-        raise InputError(f"scenes_dir {scenes_dir}: holds no scene folder (expected one subfolder per scene)")
+        raise InputError(f"{setting} {parent}: holds no {kind} folder (expected {expected})")
     return folders
+
+
+def resolve_folder(name: str, parent: Path | None, setting: str = "scenes_dir", kind: str = "scene") -> Path:
+    """The folder of one ``kind`` given as ``name``: a subfolder of ``parent`` by that name, or a folder path."""
+    if parent is not None and (Path(parent) / name).is_dir():
+        return Path(parent) / name
+    if Path(name).is_dir():
+        return Path(name)
+    where = f"under {setting} {parent}" if parent is not None else f"(set {setting})"
+    raise InputError(f"{kind} {name}: no such {kind} folder {where}")
 
 
 def scene_name(folder: Path) -> str:

@@ -10,7 +10,7 @@ from rasterio import Affine
 
 from apps.foundation.errors import InputError
 from conftest import write_geotiff
-from data_prep.scenes import find_scene, list_scene_folders, scene_name
+from data_prep.scenes import find_scene, list_folders, scene_name
 
 RGB = ("B04", "B03", "B02")
 
@@ -82,10 +82,10 @@ def test_ambiguous_band(tmp_path):
 
 def test_scene_folders(tmp_path):
     with pytest.raises(InputError, match="not a folder"):
-        list_scene_folders(tmp_path / "nope")
+        list_folders(tmp_path / "nope")
     with pytest.raises(InputError, match="holds no scene folder"):
-        list_scene_folders(tmp_path)
+        list_folders(tmp_path)
     for name in ("b", "a", ".hidden"):
         (tmp_path / name).mkdir()
-    assert [p.name for p in list_scene_folders(tmp_path)] == ["a", "b"]
+    assert [p.name for p in list_folders(tmp_path)] == ["a", "b"]
     assert scene_name(Path("x/S2B_T10.SAFE")) == "S2B_T10"
