@@ -159,6 +159,7 @@ def test_reproduce_rejects_a_directory_that_is_not_a_run(tmp_path):
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and str(tmp_path) in proc.stderr
 
 
+@pytest.mark.slow
 def test_finished_run_is_copied_to_the_upload_destination(chips, tmp_path):
     remote = tmp_path / "remote"
     train(tiny_cfg(chips, "epochs=1", f"upload.to={remote}"), tmp_path / "runs" / "r1")

@@ -113,6 +113,7 @@ def test_stages_one_scene_at_a_time_give_the_same_dataset(tmp_path, synthetic_sc
     assert manifest_rows(tmp_path / "out") == manifest_rows(burned_area_chips)
 
 
+@pytest.mark.slow
 def test_cli_fans_a_stage_out_over_scenes(tmp_path, synthetic_scenes):
     out = tmp_path / "out"
     result = run_cli("-m", "scene=scene_01,scene_03", "stage=normalize", f"scenes_dir={synthetic_scenes.scenes_dir}",

@@ -394,6 +394,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, pairs, case):
     assert not (out / "dataset.json").exists()
 
 
+@pytest.mark.slow
 def test_synthetic_pairs_cli_and_prodes_fields(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.synthetic_pairs", f"out_dir={tmp_path}", "n_areas=1",
                              "size=128", "seed=2"], capture_output=True, text=True, timeout=120)

@@ -119,6 +119,7 @@ def test_full_tile_has_rgb_bands_and_tci(tmp_path):
         assert (src.width, src.height) == (600, 600)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.synthetic", f"out_dir={tmp_path / 'out'}", "n_scenes=2",
                              "size=96", "seed=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120,

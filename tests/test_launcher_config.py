@@ -139,6 +139,7 @@ def test_optuna_sweeper_gets_each_pod_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "sweep").glob("*/pod.log")) == ["pod.log"] * 4
 
 
+@pytest.mark.slow
 def test_sweep_on_a_volume_not_mounted_here_still_reads_like_a_local_one(tmp_path):
     """The pods write their run dirs elsewhere (output_root_in_pod); the local sweep directory gets each
     point's .hydra/ files and, from its pod's result line, its metrics record."""
