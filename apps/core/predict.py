@@ -146,7 +146,7 @@ def _predict_raster(task: Any, sources: Sequence[tuple[str, rasterio.DatasetRead
     """Blend sliding-window predictions of ``sources`` ((sample key, raster), bands stacked per key in
     order) into ``dst`` row band by row band; returns (valid pixels, positive pixels).
 
-    ``acc`` (chip, width) float32 holds the weighted class probabilities of the rows the current
+    ``acc`` (chip, padded width) float32 holds the weighted class probabilities of the rows the current
     window row covers; rows that no later window reaches are normalised, written and shifted out.
     Windows without any valid pixel are skipped: no valid pixel lies in them, so the blend of every
     valid pixel still has all its windows and the separable total weight stays exact.
