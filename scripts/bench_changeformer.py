@@ -2,8 +2,9 @@
 (``trainer.precision=auto``) against fp32 eager execution of the same network, in this one process,
 on the CPU or (``--device cuda``) a GPU, where pairs per second in bf16 is the figure to read.
 
-A training step is forward, the deep-supervised loss of all five outputs, backward and an AdamW step;
-inference is one forward pass without gradients. Each figure is the median of ``--repeats`` timed
+The network and its loss are the deforestation app's default (``DeforestationTask`` as
+``python -m apps.deforestation`` builds it): a training step is forward, the deep-supervised loss of
+all five outputs, backward and an AdamW step; inference is one forward pass without gradients. Each figure is the median of ``--repeats`` timed
 calls after ``--warmup`` untimed ones. bf16-mixed is timed even where ``auto`` would not pick it, so
 the choice can be checked on any device. Prints JSON; the target is default/fp32 >= 3x on both.
 
@@ -20,12 +21,11 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
+from apps.core.config import build, compose_app_config
 from apps.core.precision import cpu_bf16_flags, resolve_precision
 from apps.deforestation.changeformer import build_changeformer_v6
 
-SUPERVISION_WEIGHTS = (0.5, 0.5, 0.5, 0.8, 1.0)
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
@@ -53,18 +53,16 @@ def median_seconds(step, warmup: int, repeats: int, device: str) -> float:
 
 def measure(precision: str, device: str, batch: int, size: int, warmup: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
-    net = build_changeformer_v6().to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    net = build(compose_app_config("deforestation").task).to(device)
+    optimizer = net.configure_optimizers()
     scaler = torch.amp.GradScaler(device, enabled=precision == "16-mixed")
     before, after = torch.rand(2, batch, 3, size, size, device=device)
-    mask = (torch.rand(batch, 1, size, size, device=device) > 0.8).float()
+    pairs = {"before": before, "after": after, "mask": (torch.rand(batch, size, size, device=device) > 0.8).long()}
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, device):
-            outputs = net(before, after)
-            loss = sum(w * F.cross_entropy(o.float(), F.interpolate(mask, o.shape[-2:])[:, 0].long())
-                       for w, o in zip(SUPERVISION_WEIGHTS, outputs))
+            loss = net.training_loss(pairs)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
