@@ -25,7 +25,7 @@ class AppCase:
     make_chips: Callable[[Path], Path]
     predict_main: str
     make_scene: Callable[[Path], list[str]]
-    class_name: str
+    check_outputs: Callable[[dict, Path], None]
 
 
 def burned_area_scene(folder: Path) -> list[str]:
@@ -41,6 +41,35 @@ def deforestation_pair(folder: Path) -> list[str]:
     areas_dir, _ = generate_pairs(folder, n_areas=1, size=96, seed=3)
     area = next(p for p in sorted(areas_dir.iterdir()) if p.is_dir())
     return [str(area / "before"), str(area / "after")]
+
+
+def object_scene(folder: Path) -> list[str]:
+    from data_prep.synthetic_objects import generate_object_scenes
+
+    data = generate_object_scenes(folder, n_scenes=1, size=128, seed=3)
+    return [str(data.images / f"{data.names[0]}.tif")]
+
+
+def box_chips(root: Path) -> Path:
+    from detectiontools import make_box_dataset
+
+    return make_box_dataset(root, chips_per_scene=2, size=64)
+
+
+def class_map(class_name: str) -> Callable[[dict, Path], None]:
+    """The pixel-wise apps' outputs: OUT.tif and OUT.geojson of ``class_name``, over valid pixels."""
+    def check(summary: dict, out: Path) -> None:
+        assert summary["valid_pixels"] > 0 and f"{class_name}_ha" in summary
+        assert Path(summary["tif"]).is_file() and Path(summary["geojson"]).is_file()
+        assert sorted(p.name for p in out.parent.iterdir()) == ["map.geojson", "map.tif"]
+    return check
+
+
+def boxes(summary: dict, out: Path) -> None:
+    """The detection app's outputs: boxes as GeoJSON in the scene's CRS and in EPSG:4326, and COCO results."""
+    assert summary["georeferenced"] and summary["windows"] >= 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["map.4326.geojson", "map.coco.json", "map.geojson"]
+    assert isinstance(json.loads(Path(summary["coco"]).read_text()), list)
 
 
 def pair_chips(root: Path) -> Path:
@@ -60,11 +89,14 @@ ONE_BATCH = ("epochs=1", "batch_size=2", "num_workers=0", "trainer.enable_progre
              "trainer.num_sanity_val_steps=0")
 APPS = [
     AppCase("burned_area", ("model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]"),
-            segmentation_chips, "apps.burned_area.predict", burned_area_scene, "burned"),
+            segmentation_chips, "apps.burned_area.predict", burned_area_scene, class_map("burned")),
     AppCase("deforestation", ("model=fc_siam_diff",), pair_chips, "apps.deforestation.predict", deforestation_pair,
-            "change"),
+            class_map("change")),
     pytest.param(AppCase("deforestation", ("model=changeformer_v6",), pair_chips, "apps.deforestation.predict",
-                         deforestation_pair, "change"), marks=pytest.mark.slow, id="deforestation-changeformer"),
+                         deforestation_pair, class_map("change")), marks=pytest.mark.slow,
+                 id="deforestation-changeformer"),
+    pytest.param(AppCase("detection", ("model=fcos_small",), box_chips, "apps.detection.predict", object_scene, boxes),
+                 marks=pytest.mark.slow, id="detection"),
 ]
 
 
@@ -87,6 +119,5 @@ def test_app_trains_records_and_predicts(app: AppCase, tmp_path, capsys):
         [str(tmp_path / "run"), *scene, "--out", str(out), "--chip-size", "64", "--device", "cpu"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["checkpoint"] == str(checkpoint) and summary["valid_pixels"] > 0
-    assert f"{app.class_name}_ha" in summary and Path(summary["tif"]).is_file() and Path(summary["geojson"]).is_file()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["map.geojson", "map.tif"]
+    assert summary["checkpoint"] == str(checkpoint)
+    app.check_outputs(summary, out)

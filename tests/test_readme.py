@@ -24,10 +24,14 @@ TINY_TRAINING = ("model.encoder=resnet18 +model.encoder_depth=3 +model.decoder_c
                  "batch_size=4 num_workers=0 trainer.enable_progress_bar=false")
 TINY_CHANGE = ("model=fc_siam_diff epochs=1 batch_size=4 num_workers=0 trainer.enable_progress_bar=false "
                "trainer.limit_train_batches=2")
+TINY_DETECTION = ("model=fcos_small epochs=1 batch_size=2 num_workers=0 trainer.enable_progress_bar=false "
+                  "trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2")
 DRY_RUN = "cluster=nautilus hydra.launcher.dry_run=true hydra.sweep.dir=outputs/dry_run"
 SET_UP_AND_TESTS = ("bash scripts/setup.sh && bash scripts/main_job.sh",
                     "bash scripts/setup.sh --dev && .venv/bin/python -m pytest -q")
 """The README's first two commands: CI runs the second; the main job runs below without the set-up."""
+DETECTION_SET_UP = "bash scripts/setup.sh --detection"
+"""Part of the test command's set-up (``--dev`` includes the detection stack), so CI runs it too."""
 
 
 def readme_commands() -> list[str]:
@@ -44,14 +48,17 @@ def readme_commands() -> list[str]:
 
 def adapt(command: str) -> str | None:
     """The command as the test runs it, or None for the set-up lines that CI itself runs."""
-    if command in SET_UP_AND_TESTS:
+    if command in SET_UP_AND_TESTS or command == DETECTION_SET_UP:
         return None
     if command.startswith("bash scripts/"):
-        extra = TINY_TRAINING + " trainer.limit_train_batches=2" if "main_job" in command else TINY_CHANGE
+        extra = (TINY_TRAINING + " trainer.limit_train_batches=2" if "main_job" in command
+                 else TINY_DETECTION if "detection" in command else TINY_CHANGE)
         return f"{command} {extra}"
     command = command.replace("python -m", f"{sys.executable} -m")
     command = command.replace("n_scenes=6 size=1024", "n_scenes=5 size=360").replace("n_areas=4 size=768",
                                                                                      "n_areas=4 size=384")
+    if "-m data_prep.detection" in command:
+        command += " chip.size=128 progress=false"
     command = command.replace("RUN_DIR_OR_CHECKPOINT", "RUN_DIR").replace("path/to/scene", "data/synthetic/scenes/scene_00")
     command = command.replace("BEFORE AFTER", "data/synthetic_pairs/areas/area_00/before data/synthetic_pairs/areas/area_00/after")
     command = command.replace("scenes_dir=... polygons=... out_dir=...", "scenes_dir=data/synthetic/scenes "
@@ -68,12 +75,14 @@ def adapt(command: str) -> str | None:
         command += " chip.size=64 split.block_size_px=128"
     if "apps.burned_area.predict" in command or "apps.deforestation.predict" in command:
         command += " --chip-size 64 --device cpu"
+    if "apps.detection.predict" in command:
+        command += " --chip-size 128 --device cpu"
     tokens = command.split()
     module = tokens[tokens.index("-m") + 1]
     multirun = tokens.count("-m") > 1
     if "cluster=nautilus" in command and "dry_run" not in command:
         command += " hydra.launcher.dry_run=true"
-    if module in ("apps.burned_area", "apps.deforestation"):
+    if module in ("apps.burned_area", "apps.deforestation", "apps.detection"):
         if multirun and "cluster=nautilus" not in command and "optuna" not in command:
             command += f" {DRY_RUN}"
         elif not multirun:
@@ -120,7 +129,7 @@ def test_readme_commands_run_as_written(workspace):
         if adapted is None:
             continue
         if "apps.deforestation.predict" in adapted or "SWEEP_DIR" in adapted or "RUN_DIR" in adapted:
-            app = "deforestation" if "deforestation" in adapted else "burned_area"
+            app = next((a for a in ("deforestation", "detection") if f"apps.{a}" in adapted), "burned_area")
             run_dirs = {**run_dirs, **made_runs(workspace, app)}
         proc = run(adapted, workspace, run_dirs)
         if proc.returncode != 0:
@@ -134,7 +143,7 @@ def made_runs(workspace: Path, app: str) -> dict[str, Path]:
     the chip dataset that the README's commands prepared."""
     sweep = Path("outputs") / app / "sweeps" / "readme"
     if not (workspace / sweep / "1" / "metrics.json").is_file():
-        overrides = TINY_TRAINING if app == "burned_area" else TINY_CHANGE
+        overrides = {"burned_area": TINY_TRAINING, "deforestation": TINY_CHANGE, "detection": TINY_DETECTION}[app]
         proc = run(f"{sys.executable} -m apps.{app} -m lr=1e-3,1e-4 {overrides} hydra.sweep.dir={sweep}"
                    + (" chip_size=256" if app == "deforestation" else ""), workspace, {})
         assert proc.returncode == 0, proc.stderr[-2000:]

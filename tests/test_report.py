@@ -39,7 +39,7 @@ def write_run(run_dir: Path, overrides: list[str], iou: float | None = None, *, 
         "app": "burned_area",
         "objective": {"name": "test/iou", "mode": mode, "value": iou},
         "metrics": metrics,
-        "facts": {"parameters": 14328066, "wall_time_s": 73.2, "epochs": 3, "global_step": 120,
+        "facts": {"parameters": 14328066, "wall_time_s": 73.2, "gpu_hours": 0.0203, "epochs": 3, "global_step": 120,
                   "peak_memory_bytes": 1234567890, "peak_memory_kind": memory_kind,
                   "device": "cuda", "device_count": 1, "best_checkpoint": "checkpoints/best.ckpt",
                   "seed": 0},
@@ -83,7 +83,7 @@ def test_columns_hold_swept_hyperparameters_metrics_and_facts(sweep_dir: Path) -
     assert report.metrics == ["test/iou", "test/f1", "test/precision", "test/recall"]
     assert list(report.table.columns) == [
         "run", "status", "lr", "model", "batch_size", "test/iou", "test/f1", "test/precision",
-        "test/recall", "parameters", "wall_time_s", "peak_memory_bytes", "peak_memory_kind",
+        "test/recall", "parameters", "wall_time_s", "gpu_hours", "peak_memory_bytes", "peak_memory_kind",
     ]
     assert report.table["lr"].tolist() == [0.0001, 0.001, 0.001, 1e-05, 0.0001, 1e-05]
     assert str(report.table["batch_size"].dtype) == "Int64"
@@ -133,14 +133,14 @@ def test_markdown_is_an_aligned_pipe_table(sweep_dir: Path) -> None:
     assert len({len(line) for line in lines}) == 1
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header == ["run", "status", "lr", "model", "test/iou", "test/f1", "test/precision",
-                      "test/recall", "parameters", "wall time (s)",
+                      "test/recall", "parameters", "wall time (s)", "GPU-hours",
                       "peak memory (cuda_max_allocated)"]
     rule = [cell.strip() for cell in lines[1].strip("|").split("|")]
     assert rule[0].startswith(":") and rule[2].endswith(":") and rule[3].startswith(":")
     best = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert best == ["1", "completed", "0.0001", "unet", "0.7400", "0.8400", "0.8000", "0.8600",
-                    "14,328,066", "73.20", "1.15 GiB"]
-    assert [cell.strip() for cell in lines[-1].strip("|").split("|")][2:] == ["1e-05", "deeplabv3"] + [""] * 7
+                    "14,328,066", "73.20", "0.02030", "1.15 GiB"]
+    assert [cell.strip() for cell in lines[-1].strip("|").split("|")][2:] == ["1e-05", "deeplabv3"] + [""] * 8
 
 
 def test_markdown_names_each_memory_kind_when_runs_differ(tmp_path: Path) -> None:

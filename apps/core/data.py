@@ -91,17 +91,30 @@ class ChipDataModule(pl.LightningDataModule):
         chips = ChipDataset(self.root)
         return {"attrs": chips.attrs, "arrays": chips.arrays}
 
+    def task_arguments(self) -> dict:
+        """Task constructor arguments that come from the dataset rather than the config (none here)."""
+        return {}
+
+    def make_split(self, chips: ChipDataset, split: str) -> Dataset:
+        """The dataset of one split (train augmented when ``augment``)."""
+        return ChipSplit(chips, split, self.images, self.label, self.augment and split == "train")
+
     def setup(self, stage: str | None = None) -> None:
         chips = ChipDataset(self.root)
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}.get(stage, ("train", "val", "test"))
         for split in wanted:
             if split not in self.splits:
-                self.splits[split] = ChipSplit(chips, split, self.images, self.label, self.augment and split == "train")
+                self.splits[split] = self.make_split(chips, split)
+
+    #: Collate function of the loaders (None: PyTorch's default, stacking equal-shaped tensors).
+    collate_fn = None
+    #: Keep loader workers between epochs; a data module whose dataset changes between epochs sets False.
+    persistent_workers = True
 
     def _loader(self, split: str, shuffle: bool, sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(self.splits[split], batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+                          num_workers=self.num_workers, persistent_workers=self.persistent_workers and self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), collate_fn=self.collate_fn)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -35,7 +35,7 @@ COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
 ERROR_FILE = "error.txt"
 
 #: Columns taken from metrics.json "facts", in table order, with their pandas dtypes.
-FACT_COLUMNS = {"parameters": "Int64", "wall_time_s": float, "peak_memory_bytes": "Int64",
+FACT_COLUMNS = {"parameters": "Int64", "wall_time_s": float, "gpu_hours": float, "peak_memory_bytes": "Int64",
                 "peak_memory_kind": object}
 #: How many directory levels below the sweep directory runs are looked for.
 RUN_SEARCH_DEPTH = 2
@@ -49,8 +49,8 @@ class SweepReport:
 
     ``table`` has one row per run: ``run`` (path relative to the sweep directory), ``status``,
     one column per override key (``hyperparameters`` first, then ``fixed_overrides``), the
-    ``metrics`` columns, then ``parameters``, ``wall_time_s`` (seconds), ``peak_memory_bytes``
-    and ``peak_memory_kind``. Rows are sorted by ``sort_metric``; runs not completed come last.
+    ``metrics`` columns, then ``parameters``, ``wall_time_s`` (seconds), ``gpu_hours`` (wall time x
+    GPUs, GPU runs only), ``peak_memory_bytes`` and ``peak_memory_kind``. Rows are sorted by ``sort_metric``; runs not completed come last.
     """
 
     sweep_dir: Path
@@ -186,6 +186,7 @@ def to_markdown(report: SweepReport) -> str:
         *((name, cells(name, _format_float), True) for name in report.metrics),
         ("parameters", cells("parameters", "{:,}".format), True),
         ("wall time (s)", cells("wall_time_s", _format_float), True),
+        *([("GPU-hours", cells("gpu_hours", _format_float), True)] if table["gpu_hours"].notna().any() else []),
         (memory_header, memory, True),
     ]
     return "\n\n".join(paragraphs + [_pipe_table(columns)]) + "\n"

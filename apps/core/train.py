@@ -65,6 +65,30 @@ def _device_facts(trainer) -> dict[str, Any]:
     return {"device": name, "device_kind": device.type, "device_count": trainer.num_devices * trainer.num_nodes}
 
 
+def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule) -> int:
+    """The batch size to train with: ``cfg.batch_size``, or for ``auto`` the largest that fits the
+    GPU's memory (Lightning's finder: doubling from ``default_batch_size``, then bisecting). On a
+    CPU there is no memory limit to find, so ``auto`` means ``default_batch_size``, and says so."""
+    if str(cfg.batch_size) != "auto":
+        return int(datamodule.batch_size)
+    datamodule.batch_size = default = int(cfg.default_batch_size)
+    if trainer.strategy.root_device.type != "cuda":
+        log.warning("batch_size=auto: no GPU memory to fit; training with default_batch_size=%d", default)
+        return default
+    from pytorch_lightning.tuner import Tuner
+
+    found = Tuner(trainer).scale_batch_size(task, datamodule=datamodule, mode="binsearch", init_val=default)
+    log.info("batch_size=auto: %s fits this GPU's memory", found)
+    return int(datamodule.batch_size)
+
+
+def gpu_hours(trainer, wall_time_s: float) -> float | None:
+    """Wall time x GPUs of a GPU run, in hours (the study's cost figure); None for a CPU run."""
+    if trainer.strategy.root_device.type != "cuda":
+        return None
+    return round(wall_time_s * trainer.num_devices * trainer.num_nodes / 3600, 4)
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train, test and record one configuration in ``run_dir``; return the value of ``cfg.objective``.
 
@@ -87,9 +111,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
 
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
-    task = build(cfg.task)
+    task = build(cfg.task, **datamodule.task_arguments())
     task.preparation = datamodule.preparation()
     trainer, checkpoint, clock = build_trainer(cfg, run_dir)
+    batch_size = resolve_batch_size(cfg, trainer, task, datamodule)
     if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
         record_provenance(run_dir)
     last = run_dir / LAST_CHECKPOINT
@@ -116,12 +141,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         "facts": {
             "parameters": task.num_parameters,
             "wall_time_s": round(clock.elapsed_s, 3),
+            "gpu_hours": gpu_hours(trainer, clock.elapsed_s),
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "peak_memory_bytes": memory,
             "peak_memory_kind": memory_kind,
             **_device_facts(trainer),
             "precision": str(trainer.precision),
+            "batch_size": batch_size,
             "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute() else best),
             "seed": int(cfg.seed),
         },

@@ -16,8 +16,14 @@ be written back onto the map. ``sources`` (a JSON list) names every source produ
 both dates of a change-detection pair.
 
 ``dataset.json`` describes each array name by ``kind``: ``image`` (channels, bands, and for a pair
-its ``date``) or ``label`` (class indices); ``boxes`` is the kind reserved for detection. Which chips
-are kept and how they are split are settings of each app's prep, not of the contract.
+its ``date``), ``label`` (class indices) or ``boxes`` (objects for detection). A ``boxes`` array is
+one float32 (M, 7) table per scene, ``scenes/<scene>/<name>.npy``, rows ``BOX_COLUMNS`` sorted by
+chip index: the chip's row ``index``, the box corners x1, y1, x2, y2 in pixels of the chip (x right,
+y down, x2/y2 exclusive), the class index into ``classes`` and an ignore flag (1: a region that is
+neither a positive nor a negative, such as a difficult object). A detection dataset also holds one
+COCO JSON per split (``coco/<split>.json``, image ``file_name`` = chip id, category ids = class
+index + 1, ignored objects as ``iscrowd`` 1), for tools that read COCO. Which chips are kept and how
+they are split are settings of each app's prep, not of the contract.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ INDEX_FILE = "dataset.json"
 MANIFEST_FILE = "manifest.csv"
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = 255
+BOX_COLUMNS = ("chip", "x1", "y1", "x2", "y2", "class", "ignore")
+"""Columns of a ``boxes`` array (float32 (M, 7), rows sorted by chip)."""
+COCO_DIR = "coco"
+"""Folder of a detection dataset's per-split COCO JSON files (``coco/<split>.json``)."""
 MANIFEST_COLUMNS = (
     "chip_id", "split", "scene", "index", "sources",
     "col_off", "row_off", "width", "height",
@@ -139,6 +149,22 @@ def scene_array_writer(
         finally:
             for writer in writers.values():
                 writer.close()
+
+
+def save_scene_boxes(scene_dir: Path, name: str, boxes: np.ndarray) -> None:
+    """Write a scene's ``boxes`` table (M, 7) (``BOX_COLUMNS``) as ``scene_dir/<name>.npy``, rows sorted
+    by chip; ``scene_dir`` is the temporary directory of ``scene_array_writer``."""
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, len(BOX_COLUMNS))
+    order = np.argsort(boxes[:, 0], kind="stable")
+    np.save(Path(scene_dir) / f"{name}.npy", boxes[order])
+
+
+def chip_boxes(table: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The objects of chip ``index`` in a scene's ``boxes`` table (``ChipDataset.open_array``):
+    boxes float32 (N, 4) xyxy px, labels int64 (N,), ignore bool (N,)."""
+    start, stop = np.searchsorted(table[:, 0], [index, index + 1])
+    rows = np.asarray(table[start:stop])
+    return rows[:, 1:5].copy(), rows[:, 5].astype(np.int64), rows[:, 6] > 0
 
 
 def save_scene_arrays(root: Path, scene: str, arrays: Mapping[str, np.ndarray]) -> dict[str, str]:

@@ -47,7 +47,7 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
         cfg.task[name] = value
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
-    task = build(cfg.task)
+    task = build(cfg.task, **datamodule.task_arguments())
     trainer_cfg = cfg.trainer
     # The precision the run trained and tested in, whatever this machine would pick now.
     precision = record["facts"].get("precision") or resolve_precision(trainer_cfg.get("precision", AUTO),
