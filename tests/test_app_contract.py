@@ -47,7 +47,7 @@ def object_scene(folder: Path) -> list[str]:
     from data_prep.synthetic_objects import generate_object_scenes
 
     data = generate_object_scenes(folder, n_scenes=1, size=128, seed=3)
-    return [str(data.images / f"{data.names[0]}.tif")]
+    return [str(data.images / f"{data.scenes[0]}.tif")]
 
 
 def box_chips(root: Path) -> Path:

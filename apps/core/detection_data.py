@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from apps.core.data import ChipDataModule
+from apps.core.task import plain
 from apps.foundation.chips import ChipDataset, chip_boxes
 from apps.foundation.errors import InputError
 
@@ -143,7 +144,7 @@ class DetectionDataModule(ChipDataModule):
                  boxes: str = "boxes") -> None:
         super().__init__(root, {"image": image}, batch_size=batch_size, num_workers=num_workers, augment=True,
                          label=boxes)
-        self.train_transforms = [dict(t) for t in (DIHEDRAL if train_transforms is None else train_transforms)]
+        self.train_transforms = [dict(t) for t in plain(DIHEDRAL if train_transforms is None else train_transforms)]
 
     def task_arguments(self) -> dict:
         """The dataset's object classes (``class_names``): the detector's head is sized by them."""
