@@ -13,13 +13,16 @@ one process, one after another:
   mosaic and mixup through ``MultiImageMixDataset`` as its mmdet config does);
 - the core: the app's config (``compose_app_config("detection", [model=..., ...])``), its data module
   and task built as ``apps.core.train`` builds them and ``build_trainer``'s Trainer (no logger,
-  validation or checkpoint), in fp32 (``trainer.precision=32-true``) and again in the core's default
-  precision (``auto``: bf16-mixed on a CPU with AVX512-BF16 or AMX).
+  validation or checkpoint; otherwise as the app configures it, ``trainer.deterministic=warn`` included,
+  where the Runner keeps its nondeterministic default), in fp32 (``trainer.precision=32-true``) and
+  again in the core's default precision (``auto``: bf16-mixed on a CPU with AVX512-BF16 or AMX).
 
 A step is timed from the start to the end of one training batch (Runner: ``before_train_iter`` of the
-first hook to ``after_train_iter`` of the last; core: Lightning's ``on_train_batch_start`` to
-``on_train_batch_end``), after ``--warmup-steps`` untimed ones; the iteration (start to the next start:
-data loading, hooks, schedulers and logging included) is reported beside it. Figures are medians.
+first hook to ``after_train_iter`` of the last; core: Lightning's ``on_train_batch_start`` to the end of
+the task's ``on_train_batch_end``), after ``--warmup-steps`` untimed ones; the iteration (start to the next start:
+data loading, hooks, schedulers and logging included) is reported beside it, and so are the process's
+minor page faults per step (memory that glibc handed back to the system and takes again: the same
+network can differ by a fifth in speed between the Runner's and the core's allocation patterns). Medians.
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
 step without a second epoch) are made once in a temporary folder. Prints one JSON object; the target is
 core >= 0.95 x the Runner's speed (``core_vs_runner_speed`` = runner step / core step).
@@ -35,6 +38,7 @@ import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -59,6 +63,7 @@ from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructo
 from omegaconf import OmegaConf
 
 from apps.core.config import build, compose_app_config
+from apps.core.detection_data import DIHEDRAL, _tuples
 from apps.core.precision import cpu_bf16_flags, resolve_precision
 from apps.core.train import build_trainer
 from apps.foundation.chips import ChipDataset, chip_boxes
@@ -92,7 +97,8 @@ def make_chips(folder: Path, size: int, train_chips: int) -> Path:
 @DATASETS.register_module(force=True)
 class BenchBoxChips(BaseDataset):
     """The train split of a chip dataset as mmdet's results dicts (``img`` (H, W, C) uint8 RGB,
-    ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``), then ``pipeline``."""
+    ``gt_bboxes``, ``gt_bboxes_labels``, ``gt_ignore_flags``), then ``pipeline``. Indexes wrap around:
+    mmdet's Mosaic and MixUp draw ``random.randint(0, len)``, one past the end (as the core's split does)."""
 
     def __init__(self, root: str, pipeline: list = ()) -> None:
         self.chips = ChipDataset(root)
@@ -110,7 +116,7 @@ class BenchBoxChips(BaseDataset):
         return self._arrays[scene, name]
 
     def get_data_info(self, idx: int) -> dict:
-        info = super().get_data_info(idx)
+        info = super().get_data_info(idx % len(self))
         image = np.ascontiguousarray(self._array(info["scene"], "image")[info["index"]].transpose(1, 2, 0))
         boxes, labels, ignore = chip_boxes(self._array(info["scene"], "boxes"), info["index"])
         return {**info, "img": image, "img_shape": image.shape[:2], "ori_shape": image.shape[:2],
@@ -132,14 +138,17 @@ class BenchBackboneLayerDecay(LearningRateDecayOptimWrapperConstructor):
 # -- timing -----------------------------------------------------------------------------------------------------------
 
 class StepTimer:
-    """Seconds per step (start to end) and per iteration (start to the next start), after ``warmup`` steps."""
+    """Seconds per step (start to end) and per iteration (start to the next start), after ``warmup`` steps;
+    also the process's minor page faults per step (memory the allocator took fresh from the system)."""
 
     def __init__(self, warmup: int) -> None:
         self.warmup = warmup
         self.count = 0
         self.began: float | None = None
+        self.faults_at = 0
         self.steps: list[float] = []
         self.iterations: list[float] = []
+        self.faults: list[int] = []
         self.threads: set[int] = set()
 
     def start(self) -> None:
@@ -147,17 +156,19 @@ class StepTimer:
         if self.began is not None and self.count > self.warmup:
             self.iterations.append(now - self.began)
         self.began = now
+        self.faults_at = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         self.threads.add(torch.get_num_threads())
 
     def end(self) -> None:
         self.count += 1
         if self.count > self.warmup:
             self.steps.append(time.perf_counter() - self.began)
+            self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_at)
 
     def figures(self) -> dict[str, Any]:
         return {"step_s": round(statistics.median(self.steps), 4),
                 "iteration_s": round(statistics.median(self.iterations), 4) if self.iterations else None,
-                "steps_s": [round(s, 3) for s in self.steps]}
+                "steps_s": [round(s, 3) for s in self.steps], "page_faults": int(statistics.median(self.faults))}
 
 
 class IterStart(Hook):
@@ -185,16 +196,24 @@ class IterEnd(Hook):
 
 
 class LightningStepTimer(pl.Callback):
-    """A StepTimer on Lightning's training batches."""
+    """A StepTimer on Lightning's training batches: from the callbacks' ``on_train_batch_start`` to the end
+    of the task's own ``on_train_batch_end`` (which Lightning calls after the callbacks': the moving
+    average of the weights is updated there, as the Runner's EMAHook does in ``after_train_iter``)."""
 
     def __init__(self, timer: StepTimer) -> None:
         self.timer = timer
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        task_hook = pl_module.on_train_batch_end
+
+        def timed(*args, **kwargs) -> None:
+            task_hook(*args, **kwargs)
+            self.timer.end()
+
+        pl_module.on_train_batch_end = timed
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.timer.start()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.timer.end()
 
 
 # -- the two trainings ------------------------------------------------------------------------------------------------
@@ -254,7 +273,8 @@ def runner_config(cfg, num_classes: int, iterations: int) -> dict[str, Any]:
         else:
             span = max(int(schedule.get("warmup_iters") or 0), 1)
         ratio = float(schedule.get("warmup_ratio", 0.001))
-        kind = {"linear": {"type": "LinearLR", "start_factor": ratio}, "constant": {"type": "ConstantLR", "factor": ratio},
+        kind = {"linear": {"type": "LinearLR", "start_factor": ratio},
+                "constant": {"type": "ConstantLR", "factor": ratio},
                 "quadratic": {"type": "QuadraticWarmupLR"}}[schedule.warmup]
         schedulers.append({**kind, "by_epoch": False, "begin": 0, "end": span})
 
@@ -274,8 +294,6 @@ def runner_config(cfg, num_classes: int, iterations: int) -> dict[str, Any]:
 def runner_dataset(cfg, root: Path) -> Any:
     """The Runner's train dataset: the chips, the model's train transforms (the core's default flips when
     it has none), ``PackDetInputs``; through ``MultiImageMixDataset`` when a transform mixes images."""
-    from apps.core.detection_data import DIHEDRAL, _tuples
-
     transforms = [_tuples(dict(t)) for t in (OmegaConf.to_container(cfg.data.train_transforms, resolve=True)
                                              if cfg.data.train_transforms is not None else DIHEDRAL)]
     pipeline = [*transforms, {"type": "PackDetInputs"}]
@@ -288,6 +306,7 @@ def runner_dataset(cfg, root: Path) -> Any:
 def runner_run(model: str, root: Path, warmup: int, steps: int, work_dir: Path) -> dict[str, Any]:
     """Train ``warmup + steps`` iterations with mmengine's Runner; the step figures and the parameters."""
     register_all_modules(init_default_scope=True)  # mmdet's registries are the default scope
+    torch.use_deterministic_algorithms(False)  # the Runner's default; the core's Trainer (deterministic=warn) sets it
     cfg = app_config(model, root, "32-true", warmup + steps)
     parts = runner_config(cfg, len(ChipDataset(root).classes), warmup + steps)
     timer = StepTimer(warmup)
@@ -343,6 +362,8 @@ def bench_model(model: str, root: Path, args, work: Path) -> dict[str, Any]:
         "core_default_precision": default["precision"], "core_default_step_s": default["step_s"],
         "core_default_vs_fp32_speed": round(core["step_s"] / default["step_s"], 3),
         "steps_s": {"runner": runner["steps_s"], "core": core["steps_s"], "core_default": default["steps_s"]},
+        "page_faults_per_step": {"runner": runner["page_faults"], "core": core["page_faults"],
+                                 "core_default": default["page_faults"]},
         "threads": sorted(set(runner["threads"]) | set(core["threads"]) | set(default["threads"])),
     }
 
@@ -372,7 +393,8 @@ def main() -> None:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if not (MODEL_DIR / f"{m}.yaml").is_file()]
     if unknown or args.steps < 1 or args.warmup_steps < 0 or args.size < 128:
-        parser.error(f"unknown model(s) {unknown}" if unknown else "need --steps >= 1, --warmup-steps >= 0, --size >= 128")
+        parser.error(f"unknown model(s) {unknown}" if unknown
+                     else "need --steps >= 1, --warmup-steps >= 0, --size >= 128")
 
     # Only the JSON goes to stdout: mmengine's and Lightning's log lines go to stderr.
     stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w")

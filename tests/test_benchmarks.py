@@ -1,4 +1,4 @@
-"""The deforestation benchmark scripts run at a small size and report their figures as JSON."""
+"""The benchmark scripts run at a small size and report their figures as JSON."""
 
 from __future__ import annotations
 
@@ -36,3 +36,17 @@ def test_pair_prep_benchmark_times_the_floor_and_the_prep(tmp_path):
     assert report["floor_read_inputs_once_s"] > 0 and set(report["stages_s"]) == {"prepare", "chip"}
     assert report["peak_rss_bytes"] > 0 and report["targets"] == {"prep_s": 90.0, "peak_rss_bytes": 3 * 2**30}
     assert set(report["met"]) == {"time", "memory"} and report["windows"] > 0
+
+
+@pytest.mark.slow
+def test_detection_step_benchmark_times_the_core_against_mmengines_runner():
+    pytest.importorskip("mmdet", reason="the detection stack is not installed (scripts/setup.sh --detection)")
+    report = run_script("bench_detection_step.py", "--quick")
+    assert report["size"] == 128 and report["steps"] == 2 and report["batch_size"] == 2
+    figures = report["models"]["fcos_small"]
+    assert "error" not in figures, figures
+    assert figures["params"] > 0 and figures["runner_step_s"] > 0 and figures["core_step_s"] > 0
+    assert figures["core_vs_runner_speed"] == pytest.approx(figures["runner_step_s"] / figures["core_step_s"], rel=0.01)
+    assert figures["core_default_precision"] in ("bf16-mixed", "32-true") and figures["core_default_step_s"] > 0
+    assert len(figures["steps_s"]["runner"]) == len(figures["steps_s"]["core"]) == 2
+    assert report["torch_threads"] >= 1 and report["target"].endswith("0.95")

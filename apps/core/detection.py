@@ -216,6 +216,12 @@ class DetectionTask(BaseTask):
                       batch_size=size)
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning (>= 2.2) keeps each module's train/eval flag as it finds it and never calls train();
+        # mmdet backbones apply norm_eval (frozen BatchNorm statistics) and frozen stages in train(),
+        # which mmengine's Runner calls every iteration.
+        self.detector.train()
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.detector)

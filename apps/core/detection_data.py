@@ -104,9 +104,10 @@ class BoxChipSplit(Dataset):
             results = self.results(i)
             for transform in self.transforms:
                 if hasattr(transform, "get_indexes"):
-                    indexes = transform.get_indexes(self)
+                    unmixed = _Untransformed(self)
+                    indexes = transform.get_indexes(unmixed)
                     indexes = indexes if isinstance(indexes, (list, tuple)) else [indexes]
-                    results["mix_results"] = [self.results(j) for j in indexes]
+                    results["mix_results"] = [unmixed[j] for j in indexes]
                 results = transform(results)
                 if results is None:
                     break
@@ -128,6 +129,21 @@ class BoxChipSplit(Dataset):
             "ignore": torch.as_tensor(np.asarray(results["gt_ignore_flags"]), dtype=torch.bool),
             "index": i,
         }
+
+
+class _Untransformed:
+    """A split's chips before any transform, where a mixing transform's ``get_indexes`` draws them from
+    (mmdet's MultiImageMixDataset hands it its inner dataset; the split itself would mix again, without
+    end). Indexes wrap around: mmdet's Mosaic and MixUp draw ``random.randint(0, len)``, one past the end."""
+
+    def __init__(self, split: BoxChipSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.split.results(i % len(self.split))
 
 
 class DetectionDataModule(ChipDataModule):
