@@ -22,13 +22,15 @@ first hook to ``after_train_iter`` of the last; core: Lightning's ``on_train_bat
 the task's ``on_train_batch_end``), after ``--warmup-steps`` untimed ones; the iteration (start to the next start:
 data loading, hooks, schedulers and logging included) is reported beside it, and so are the process's
 minor page faults per step (memory that glibc handed back to the system and takes again: the same
-network can differ by a fifth in speed between the Runner's and the core's allocation patterns). Medians.
+network can differ by a fifth in speed between the Runner's and the core's allocation patterns). Figures
+are medians over the timed steps; ``--rounds`` alternates the Runner's and the core's fp32 trainings
+that many times, to spread slow drifts of the machine over both.
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
 step without a second epoch) are made once in a temporary folder. Prints one JSON object; the target is
 core >= 0.95 x the Runner's speed (``core_vs_runner_speed`` = runner step / core step).
 
     python scripts/bench_detection_step.py [--models retinanet_x101,detr] [--size 512] [--steps 5]
-        [--warmup-steps 2] [--threads N] [--quick]
+        [--warmup-steps 2] [--rounds 1] [--threads N] [--quick]
 """
 
 from __future__ import annotations
@@ -166,9 +168,19 @@ class StepTimer:
             self.faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.faults_at)
 
     def figures(self) -> dict[str, Any]:
-        return {"step_s": round(statistics.median(self.steps), 4),
-                "iteration_s": round(statistics.median(self.iterations), 4) if self.iterations else None,
-                "steps_s": [round(s, 3) for s in self.steps], "page_faults": int(statistics.median(self.faults))}
+        return {"steps_s": self.steps, "iterations_s": self.iterations, "page_faults": self.faults,
+                "threads": sorted(self.threads)}
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the timed steps of one or more trainings (``StepTimer.figures``)."""
+    steps = [s for run in runs for s in run["steps_s"]]
+    iterations = [s for run in runs for s in run["iterations_s"]]
+    return {"step_s": round(statistics.median(steps), 4),
+            "iteration_s": round(statistics.median(iterations), 4) if iterations else None,
+            "steps_s": [round(s, 3) for s in steps],
+            "page_faults": int(statistics.median(f for run in runs for f in run["page_faults"])),
+            "threads": sorted({t for run in runs for t in run["threads"]})}
 
 
 class IterStart(Hook):
@@ -240,8 +252,7 @@ def core_run(model: str, root: Path, precision: str, warmup: int, steps: int, ru
     trainer.callbacks.remove(checkpoint)  # no checkpoint written
     trainer.fit(task, datamodule=datamodule)
     assert timer.count == warmup + steps, (timer.count, warmup + steps)
-    return {**timer.figures(), "precision": str(trainer.precision), "params": task.num_parameters,
-            "threads": sorted(timer.threads)}
+    return {**timer.figures(), "precision": str(trainer.precision), "params": task.num_parameters}
 
 
 def runner_config(cfg, num_classes: int, iterations: int) -> dict[str, Any]:
@@ -327,7 +338,7 @@ def runner_run(model: str, root: Path, warmup: int, steps: int, work_dir: Path) 
     assert timer.count == warmup + steps, (timer.count, warmup + steps)
     params = sum(p.numel() for p in runner.model.parameters())
     del runner
-    return {**timer.figures(), "params": params, "threads": sorted(timer.threads)}
+    return {**timer.figures(), "params": params}
 
 
 def free_memory() -> None:
@@ -341,25 +352,29 @@ def free_memory() -> None:
 
 
 def bench_model(model: str, root: Path, args, work: Path) -> dict[str, Any]:
-    """The Runner and the core (fp32, then the default precision) on one model."""
+    """The Runner and the core in fp32, alternating for ``args.rounds`` rounds, then the core in its
+    default precision."""
     torch.set_num_threads(args.threads)
-    runner = runner_run(model, root, args.warmup_steps, args.steps, work / f"{model}_runner")
+    runner_runs, core_runs = [], []
+    for r in range(args.rounds):
+        runner_runs.append(runner_run(model, root, args.warmup_steps, args.steps, work / f"{model}_runner{r}"))
+        free_memory()
+        core_runs.append(core_run(model, root, "32-true", args.warmup_steps, args.steps, work / f"{model}_core{r}"))
+        free_memory()
+    default_run = core_run(model, root, resolve_precision("auto", "cpu"), args.warmup_steps, args.steps,
+                           work / f"{model}_core_default")
     free_memory()
-    core = core_run(model, root, "32-true", args.warmup_steps, args.steps, work / f"{model}_core")
-    free_memory()
-    default = core_run(model, root, resolve_precision("auto", "cpu"), args.warmup_steps, args.steps,
-                       work / f"{model}_core_default")
-    free_memory()
-    assert runner["params"] == core["params"], (runner["params"], core["params"])
+    assert runner_runs[0]["params"] == core_runs[0]["params"], (runner_runs[0]["params"], core_runs[0]["params"])
+    runner, core, default = summary(runner_runs), summary(core_runs), summary([default_run])
     return {
-        "params": core["params"],
+        "params": core_runs[0]["params"],
         "runner_step_s": runner["step_s"], "core_step_s": core["step_s"],
         "core_vs_runner_speed": round(runner["step_s"] / core["step_s"], 3),
         "met": runner["step_s"] / core["step_s"] >= TARGET,
         "runner_iteration_s": runner["iteration_s"], "core_iteration_s": core["iteration_s"],
         "core_vs_runner_iteration_speed": (round(runner["iteration_s"] / core["iteration_s"], 3)
                                            if runner["iteration_s"] and core["iteration_s"] else None),
-        "core_default_precision": default["precision"], "core_default_step_s": default["step_s"],
+        "core_default_precision": default_run["precision"], "core_default_step_s": default["step_s"],
         "core_default_vs_fp32_speed": round(core["step_s"] / default["step_s"], 3),
         "steps_s": {"runner": runner["steps_s"], "core": core["steps_s"], "core_default": default["steps_s"]},
         "page_faults_per_step": {"runner": runner["page_faults"], "core": core["page_faults"],
@@ -385,6 +400,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="chip size, px")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per training")
     parser.add_argument("--warmup-steps", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="Runner and core fp32 trainings per model, alternating (medians over all their steps)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {SMALL_MODEL} on 128 px chips, 2 steps")
     args = parser.parse_args()
@@ -392,9 +409,9 @@ def main() -> None:
         args.models, args.size, args.steps, args.warmup_steps = SMALL_MODEL, 128, 2, 1
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if not (MODEL_DIR / f"{m}.yaml").is_file()]
-    if unknown or args.steps < 1 or args.warmup_steps < 0 or args.size < 128:
+    if unknown or args.steps < 1 or args.warmup_steps < 0 or args.size < 128 or args.rounds < 1:
         parser.error(f"unknown model(s) {unknown}" if unknown
-                     else "need --steps >= 1, --warmup-steps >= 0, --size >= 128")
+                     else "need --steps >= 1, --warmup-steps >= 0, --size >= 128, --rounds >= 1")
 
     # Only the JSON goes to stdout: mmengine's and Lightning's log lines go to stderr.
     stdout = os.fdopen(os.dup(sys.stdout.fileno()), "w")
@@ -421,8 +438,9 @@ def main() -> None:
     timed = [r for r in results.values() if "error" not in r]
     stdout.write(json.dumps({
         "benchmark": "detection_step", "batch_size": BATCH, "size": args.size, "steps": args.steps,
-        "warmup_steps": args.warmup_steps, "device": "cpu", "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-        "torch_threads": args.threads, "cpu_bf16_flags": cpu_bf16_flags(), "torch": torch.__version__,
+        "warmup_steps": args.warmup_steps, "rounds": args.rounds, "device": "cpu", "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(), "torch_threads": args.threads, "cpu_bf16_flags": cpu_bf16_flags(),
+        "torch": torch.__version__,
         "runner_precision": "fp32 (OptimWrapper)", "core_precision": "32-true",
         "target": f"core_vs_runner_speed >= {TARGET}", "models": results,
         "all_met": bool(timed) and len(timed) == len(results) and all(r["met"] for r in timed),
