@@ -21,8 +21,11 @@ A step is timed from the start to the end of one training batch (Runner: ``befor
 first hook to ``after_train_iter`` of the last; core: Lightning's ``on_train_batch_start`` to the end of
 the task's ``on_train_batch_end``), after ``--warmup-steps`` untimed ones; the iteration (start to the next start:
 data loading, hooks, schedulers and logging included) is reported beside it, and so are the process's
-minor page faults per step (memory that glibc handed back to the system and takes again: the same
-network can differ by a fifth in speed between the Runner's and the core's allocation patterns). Figures
+minor page faults per step (memory that glibc handed back to the system and takes again). With glibc's
+default settings these faults came and went between trainings of the same network on either side, by up
+to 50x, and its step time with them by up to a fifth, which swamped the difference being measured; so
+the script re-runs itself with ``STEADY_MALLOC`` (no memory handed back below 32 MB blocks, a 1 GB top pad)
+unless ``--system-malloc`` is given or those variables are already set. Figures
 are medians over the timed steps; ``--rounds`` alternates the Runner's and the core's fp32 trainings
 that many times, to spread slow drifts of the machine over both.
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
@@ -77,6 +80,9 @@ MODEL_DIR = REPO / "conf" / "detection" / "model"
 SMALL_MODEL = "fcos_small"
 STUDY_MODELS = tuple(sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if p.stem != SMALL_MODEL))
 BATCH = 2
+STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
+                 "MALLOC_TOP_PAD_": "1073741824"}
+"""glibc malloc settings (bytes) under which freed memory stays with the process: steadier step times."""
 TARGET = 0.95
 SEED = 0
 
@@ -404,7 +410,10 @@ def main() -> None:
                         help="Runner and core fp32 trainings per model, alternating (medians over all their steps)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {SMALL_MODEL} on 128 px chips, 2 steps")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's malloc settings (see above)")
     args = parser.parse_args()
+    if not args.system_malloc and not any(name in os.environ for name in STEADY_MALLOC):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
     if args.quick:
         args.models, args.size, args.steps, args.warmup_steps = SMALL_MODEL, 128, 2, 1
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -438,7 +447,9 @@ def main() -> None:
     timed = [r for r in results.values() if "error" not in r]
     stdout.write(json.dumps({
         "benchmark": "detection_step", "batch_size": BATCH, "size": args.size, "steps": args.steps,
-        "warmup_steps": args.warmup_steps, "rounds": args.rounds, "device": "cpu", "cpu": cpu_name(),
+        "warmup_steps": args.warmup_steps, "rounds": args.rounds,
+        "malloc": {name: os.environ[name] for name in STEADY_MALLOC if name in os.environ} or "glibc defaults",
+        "device": "cpu", "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "torch_threads": args.threads, "cpu_bf16_flags": cpu_bf16_flags(),
         "torch": torch.__version__,
         "runner_precision": "fp32 (OptimWrapper)", "core_precision": "32-true",

@@ -175,3 +175,22 @@ def test_one_training_step_and_detection(tmp_path):
     assert torch.isfinite(loss) and task.detector.backbone.layer4[0].conv1.weight.grad is not None
     found = task.eval().detect(batch["image"])
     assert len(found) == 2 and found[0]["boxes"].shape[1] == 4
+
+
+def test_scale_lr_applies_the_linear_scaling_rule_to_every_group():
+    from types import SimpleNamespace
+
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(batch_size=4), world_size=2, accumulate_grad_batches=1,
+                              max_epochs=12, estimated_stepping_batches=120)
+    paramwise = {"custom_keys": {"backbone": {"lr_mult": 0.1}}}
+    rates = {}
+    for scale in (False, True):
+        task = DetectionTask(NETWORK, SGD, list(CLASSES), paramwise=paramwise, scale_lr=scale, base_batch_size=16)
+        task.trainer = trainer
+        configured = task.configure_optimizers()
+        optimizer = configured["optimizer"] if isinstance(configured, dict) else configured[0][0]
+        rates[scale] = sorted({group["lr"] for group in optimizer.param_groups})
+    assert rates[False] == pytest.approx([0.001, 0.01])
+    assert rates[True] == pytest.approx([0.0005, 0.005])  # a batch of 4 x 2 devices against the recipe's 16
+    with pytest.raises(InputError, match="base_batch_size"):
+        DetectionTask(NETWORK, SGD, list(CLASSES), scale_lr=True)

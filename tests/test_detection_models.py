@@ -19,7 +19,7 @@ MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "detection" / "model"
 TEN = ["faster_rcnn_convnext", "ssd_vgg16", "retinanet_x101", "fcos_r101", "yolov3", "yolox_x", "vit_faster_rcnn",
        "detr", "deformable_detr", "swin_t_faster_rcnn"]
 SMALL = "fcos_small"
-KEYS = {"name", "network", "lr", "weight_decay", "paramwise", "constructor", "clip_grad", "schedule", "min_size",
+KEYS = {"name", "network", "lr", "base_batch_size", "weight_decay", "paramwise", "constructor", "clip_grad", "schedule", "min_size",
         "train_transforms", "ema", "callbacks", "weights", "weights_prefix"}
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9, "weight_decay": 1.0e-4}
 
@@ -44,8 +44,9 @@ def test_model_yaml_schema(choice):
     assert set(config) - {"defaults"} == KEYS
     assert config["name"] == choice
     assert config["network"]["_target_"] == "apps.detection.models.mmdet_model"
-    adamw = [{"override /optimizer@_global_.optimizer": "adamw"}]  # the study's split; others keep the app's sgd
-    assert config.get("defaults") == (adamw if choice in ("swin_t_faster_rcnn", "deformable_detr") else None)
+    # the study's split: AdamW for two; YOLOX's SGD is Nesterov's; the others keep the app's sgd
+    optimizer = {"swin_t_faster_rcnn": "adamw", "deformable_detr": "adamw", "yolox_x": "sgd_nesterov"}.get(choice)
+    assert config.get("defaults") == ([{"override /optimizer@_global_.optimizer": optimizer}] if optimizer else None)
     build_schedule(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), config["schedule"], epochs=12, steps=120)
     for callback in (config["callbacks"] or {}).values():
         assert isinstance(build(callback), pl.Callback)
@@ -319,8 +320,11 @@ def test_the_override_needs_the_optimizer_listed_before_the_model(compose):
         compose(["model: fcos_small", "optimizer: sgd"], ["model=deformable_detr"])
 
 
-def test_the_detection_app_gives_swin_and_deformable_detr_adamw():
+def test_the_detection_app_gives_swin_and_deformable_detr_adamw_and_yolox_nesterov():
     assert compose_app_config("detection", [])["optimizer"]["_target_"] == "torch.optim.SGD"
+    assert "nesterov" not in compose_app_config("detection", [])["optimizer"]
+    yolox = build(compose_app_config("detection", ["model=yolox_x"])["optimizer"])([nn.Parameter(torch.zeros(1))])
+    assert isinstance(yolox, torch.optim.SGD) and yolox.defaults["nesterov"] and yolox.defaults["lr"] == 0.01
     assert compose_app_config("detection", ["model=deformable_detr"])["optimizer"]["_target_"] == "torch.optim.AdamW"
     chosen = compose_app_config("detection", ["model=swin_t_faster_rcnn", "optimizer=sgd"])
     assert chosen["optimizer"]["_target_"] == "torch.optim.SGD"

@@ -143,6 +143,8 @@ class DetectionTask(BaseTask):
         weights_prefix: str = "",
         ema: Mapping[str, Any] | None = None,
         callbacks: Mapping[str, Mapping[str, Any]] | None = None,
+        scale_lr: bool = False,
+        base_batch_size: int | None = None,
     ) -> None:
         network, optimizer, class_names, schedule, paramwise, clip_grad, ema, callbacks = map(
             plain, (network, optimizer, class_names, schedule, paramwise, clip_grad, ema, callbacks))
@@ -155,6 +157,9 @@ class DetectionTask(BaseTask):
         self.paramwise = paramwise
         self.constructor = constructor
         self.clip_grad = clip_grad
+        if scale_lr and not base_batch_size:
+            raise InputError("scale_lr: needs the batch size the recipe's lr is for (model.base_batch_size)")
+        self.lr_base_batch = int(base_batch_size) if scale_lr else None
         self.detector = build_detector(build(dict(network))(num_classes=len(self.class_names)))
         if weights:
             log.info("%s", load_weights(self.detector, weights, weights_prefix))
@@ -233,10 +238,22 @@ class DetectionTask(BaseTask):
         from apps.core.mmdet_optim import build_optimizer, build_schedule
 
         optimizer = build_optimizer(self.detector, self.optimizer_cfg, self.paramwise, self.constructor)
+        if self.lr_base_batch:
+            self._scale_lr(optimizer)
         schedulers = build_schedule(optimizer, self.schedule, epochs=self.trainer.max_epochs,
                                     steps=int(self.trainer.estimated_stepping_batches))  # YOLOX's warmup: a share of them
         return {"optimizer": optimizer, "lr_scheduler": schedulers[0]} if len(schedulers) == 1 else \
             ([optimizer], schedulers)
+
+    def _scale_lr(self, optimizer: torch.optim.Optimizer) -> None:
+        """The linear scaling rule, as mmengine's ``auto_scale_lr``: every group's lr x (batch x devices x
+        accumulation) / the recipe's batch."""
+        trainer = self.trainer
+        batch = trainer.datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+        factor = batch / self.lr_base_batch
+        for group in optimizer.param_groups:
+            group["lr"] *= factor
+        log.info("scale_lr: lr x %g (a batch of %d against the recipe's %d)", factor, batch, self.lr_base_batch)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """The model's own clipping (mmdet's ``clip_grad``) unless the trainer sets one."""
