@@ -90,8 +90,8 @@ ONE_BATCH = ("epochs=1", "batch_size=2", "num_workers=0", "trainer.enable_progre
 APPS = [
     AppCase("burned_area", ("model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]"),
             segmentation_chips, "apps.burned_area.predict", burned_area_scene, class_map("burned")),
-    AppCase("deforestation", ("model=fc_siam_diff",), pair_chips, "apps.deforestation.predict", deforestation_pair,
-            class_map("change")),
+    pytest.param(AppCase("deforestation", ("model=fc_siam_diff",), pair_chips, "apps.deforestation.predict",
+                         deforestation_pair, class_map("change")), marks=pytest.mark.slow, id="deforestation"),
     pytest.param(AppCase("deforestation", ("model=changeformer_v6",), pair_chips, "apps.deforestation.predict",
                          deforestation_pair, class_map("change")), marks=pytest.mark.slow,
                  id="deforestation-changeformer"),

@@ -50,3 +50,11 @@ def test_detection_step_benchmark_times_the_core_against_mmengines_runner():
     assert figures["core_default_precision"] in ("bf16-mixed", "32-true") and figures["core_default_step_s"] > 0
     assert len(figures["steps_s"]["runner"]) == len(figures["steps_s"]["core"]) == 2
     assert report["torch_threads"] >= 1 and report["target"].endswith("0.95")
+
+
+@pytest.mark.slow
+def test_acquire_benchmark_reads_fewer_bytes_by_window_than_whole_downloads():
+    report = run_script("bench_acquire.py", "--quick")
+    assert report["same_pixels"] is True
+    assert 0 < report["windowed"]["bytes"] < report["full_download"]["bytes"]
+    assert report["windowed"]["seconds"] > 0 and report["full_download"]["seconds"] > 0

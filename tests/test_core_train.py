@@ -28,6 +28,7 @@ def tiny_cfg(chips: Path, *extra: str):
     return compose_config(overrides=[*TINY_MODEL, f"data.root={chips}", "epochs=2", *extra])
 
 
+@pytest.mark.slow
 def test_run_directory_contract(chips, tmp_path):
     run_dir = tmp_path / "run"
     value = train(tiny_cfg(chips), run_dir)
@@ -59,6 +60,7 @@ def test_same_seed_same_metrics(chips, tmp_path):
     assert a != c
 
 
+@pytest.mark.slow
 def test_completed_run_is_not_trained_again(chips, tmp_path):
     run_dir = tmp_path / "run"
     value = train(tiny_cfg(chips), run_dir)
@@ -74,6 +76,7 @@ def test_tensorboard_logger_and_other_losses(chips, tmp_path):
     assert list((tmp_path / "run" / "logs").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_missing_split_is_an_input_error(tmp_path):
     chips = make_chip_dataset(tmp_path / "chips", chips_per_scene=2, splits={"a": "train", "b": "val"})
     with pytest.raises(InputError, match="split 'test' has no chips"):

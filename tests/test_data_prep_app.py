@@ -237,6 +237,7 @@ def test_scenes_without_chips_are_skipped_and_listed(tmp_path, synthetic_scenes,
     assert {r.scene for r in ChipDataset(out).records} == set(synthetic_scenes.scenes)
 
 
+@pytest.mark.slow
 def test_cli_split_fixed_override_pins_a_scene(tmp_path, synthetic_scenes, burned_area_chips):
     out = tmp_path / "out"
     shutil.copytree(burned_area_chips, out)

@@ -54,6 +54,7 @@ def test_changeformer_returns_five_logit_maps_coarsest_first(changeformer):
     assert [tuple(o.shape) for o in outputs] == [(1, 2, s, s) for s in (2, 4, 8, 16, 64)]
 
 
+@pytest.mark.slow
 def test_changeformer_trains_end_to_end(changeformer):
     changeformer.train().zero_grad(set_to_none=True)
     sum(o.sum() for o in changeformer(*image_pair(size=32))).backward()
@@ -80,6 +81,7 @@ def test_changeformer_encoder_is_one_module_shared_by_both_dates(changeformer):
     assert not torch.allclose(forward, swapped)
 
 
+@pytest.mark.slow
 def test_load_mit_encoder_reads_prefixed_state_dict(changeformer, tmp_path):
     path = tmp_path / "segformer.pth"
     encoder_state = changeformer.encoder.state_dict()
@@ -90,6 +92,7 @@ def test_load_mit_encoder_reads_prefixed_state_dict(changeformer, tmp_path):
     assert all(torch.equal(v, encoder_state[k]) for k, v in net.encoder.state_dict().items())
 
 
+@pytest.mark.slow
 def test_load_mit_encoder_fits_mit_kernels_and_input_bands(changeformer, one_band_changeformer, tmp_path):
     """MiT-B* names and 3x3 kernels after stage 1 (safetensors), loaded into a 1-band network."""
     torch.manual_seed(1)

@@ -110,6 +110,7 @@ def test_dry_run_skips_points_already_completed(tmp_path):
     assert sorted(name.rsplit("-", 1)[1] for name in manifests_in(sweep_dir)) == ["0", "2"]
 
 
+@pytest.mark.slow
 def test_unreachable_api_server_is_one_clear_error(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

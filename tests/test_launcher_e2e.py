@@ -229,6 +229,7 @@ def test_ctrl_c_while_a_create_is_unanswered_still_deletes_that_job(standin, tmp
     assert standin.jobs == {} and standin.pods == {}, stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_unreachable_api_server_is_one_clear_error(tmp_path):
     with socket.socket() as probe:  # a loopback port that nothing listens on
         probe.bind(("127.0.0.1", 0))

@@ -112,12 +112,10 @@ def test_pods_run_locked_down():
     assert container["capabilities"] == {"drop": ["ALL"]}
 
 
-def test_failure_policy_fails_on_config_errors_and_ignores_disruptions():
-    from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
-
+def test_failure_policy_fails_on_config_errors_and_inputs_not_ready_and_ignores_disruptions():
     rules = render("single-gpu")[0]["spec"]["podFailurePolicy"]["rules"]
     assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In",
-                                                              "values": [CONFIG_ERROR_EXIT_CODE]}}
+                                                              "values": [2, 3]}}
     assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 

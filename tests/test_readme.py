@@ -3,18 +3,21 @@
 Each command is taken from the README's bash blocks and run through a shell, with only what keeps it
 small and off any cluster added or replaced (see ``adapt``): tiny synthetic sizes, one short epoch,
 single training runs composed with ``--cfg job``, sweeps rendered as Kubernetes dry runs, and the
-placeholders (RUN_DIR, SWEEP_DIR, ...) filled with what earlier commands made. A new README command
+placeholders (RUN_DIR, SWEEP_DIR, ...) filled with what earlier commands made. Scene acquisition reads
+from a local STAC stand-in (``STAC_URL``) serving synthetic items over the README's polygon files. A new README command
 that no rule covers fails ``test_every_readme_command_is_covered``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -75,6 +78,10 @@ def adapt(command: str) -> str | None:
         command += " chip.size=64 split.block_size_px=128"
     if "apps.burned_area.predict" in command or "apps.deforestation.predict" in command:
         command += " --chip-size 64 --device cpu"
+    if "-m data_prep.acquire" in command:
+        command += " catalog.url=STAC_URL progress=false download.backoff_s=0.05"
+        if "app=deforestation" in command:  # the synthetic pairs are 2.56 km wide: no margin around the polygons
+            command += " areas.margin_m=0"
     if "apps.detection.predict" in command:
         command += " --chip-size 128 --device cpu"
     tokens = command.split()
@@ -95,7 +102,7 @@ def test_every_readme_command_is_covered():
     commands = readme_commands()
     assert len(commands) > 20
     for command in filter(None, map(adapt, commands)):
-        placeholders = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", command)) - {"RUN_DIR", "SWEEP_DIR", "PWD"}
+        placeholders = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", command)) - {"RUN_DIR", "SWEEP_DIR", "PWD", "STAC_URL"}
         assert "..." not in command and not placeholders, f"no rule for: {command}"
 
 
@@ -124,18 +131,44 @@ def test_readme_commands_run_as_written(workspace):
 
     run_dirs: dict[str, Path] = {}
     failures = []
-    for command in readme_commands():
-        adapted = adapt(command)
-        if adapted is None:
-            continue
-        if "apps.deforestation.predict" in adapted or "SWEEP_DIR" in adapted or "RUN_DIR" in adapted:
-            app = next((a for a in ("deforestation", "detection") if f"apps.{a}" in adapted), "burned_area")
-            run_dirs = {**run_dirs, **made_runs(workspace, app)}
-        proc = run(adapted, workspace, run_dirs)
-        if proc.returncode != 0:
-            failures.append(f"{command}\n  -> exit {proc.returncode}: {proc.stderr.strip()[-800:]}")
+    with contextlib.ExitStack() as stack:
+        for command in readme_commands():
+            adapted = adapt(command)
+            if adapted is None:
+                continue
+            if "STAC_URL" in adapted and "STAC_URL" not in run_dirs:
+                run_dirs["STAC_URL"] = stack.enter_context(stac_catalog(workspace))
+            failures += run_one(command, adapted, workspace, run_dirs)
     assert not failures, "\n".join(failures)
     assert read_completed(workspace / run_dirs["RUN_DIR"]) is not None
+
+
+def run_one(command: str, adapted: str, workspace: Path, run_dirs: dict) -> list[str]:
+    """Run one adapted README command (making the runs it names first); its failure, if any."""
+    if "apps.deforestation.predict" in adapted or "SWEEP_DIR" in adapted or "RUN_DIR" in adapted:
+        app = next((a for a in ("deforestation", "detection") if f"apps.{a}" in adapted), "burned_area")
+        run_dirs.update(made_runs(workspace, app))
+    proc = run(adapted, workspace, run_dirs)
+    return [] if proc.returncode == 0 else [f"{command}\n  -> exit {proc.returncode}: {proc.stderr.strip()[-800:]}"]
+
+
+@contextlib.contextmanager
+def stac_catalog(workspace: Path) -> Iterator[str]:
+    """A STAC stand-in serving synthetic burned-area scenes (August 2021) and deforestation pairs, whose polygons
+    are the README's ``data/burns.gpkg`` and ``data/prodes.gpkg``; yields its URL."""
+    import geopandas as gpd
+
+    from stac_standin import StacStandin, synthetic_s2_catalog
+
+    catalogs = {"burns": synthetic_s2_catalog(workspace / "stac" / "burns", app="burned_area", n_products=3, size=256),
+                "prodes": synthetic_s2_catalog(workspace / "stac" / "prodes", app="deforestation", n_products=2,
+                                               size=256)}
+    (workspace / "data").mkdir(exist_ok=True)
+    with StacStandin() as stac:
+        for name, catalog in catalogs.items():
+            gpd.read_file(catalog.polygons).to_file(workspace / "data" / f"{name}.gpkg")
+            catalog.serve(stac)
+        yield stac.url
 
 
 def made_runs(workspace: Path, app: str) -> dict[str, Path]:

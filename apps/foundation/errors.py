@@ -9,6 +9,10 @@ from typing import NoReturn
 #: The Kubernetes launcher's podFailurePolicy fails a Job at once on this code.
 CONFIG_ERROR_EXIT_CODE = 2
 
+#: Exit code for input that is not available yet (a product in a catalogue's long-term archive): retrying
+#: at once cannot succeed, the same command can once it is; the launcher fails a Job at once on it too.
+NOT_READY_EXIT_CODE = 3
+
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 INTERRUPTED_EXIT_CODE = 130
 

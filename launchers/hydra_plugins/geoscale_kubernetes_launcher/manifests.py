@@ -6,7 +6,7 @@ import hashlib
 import re
 from typing import Any, Mapping, Sequence
 
-from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, NOT_READY_EXIT_CODE
 
 APP_LABEL = "geoscale.io/app"
 SWEEP_LABEL = "geoscale.io/sweep"
@@ -148,7 +148,8 @@ def _pod_spec(settings: Mapping[str, Any], name: str, command: list[str]) -> dic
 def render_job(settings: Mapping[str, Any], name: str, labels: Mapping[str, str], command: list[str]) -> dict[str, Any]:
     """A ``batch/v1`` Job that runs ``command`` once (on ``num_nodes`` indexed pods when > 1).
 
-    Its podFailurePolicy fails the Job at once on CONFIG_ERROR_EXIT_CODE and does not count
+    Its podFailurePolicy fails the Job at once on CONFIG_ERROR_EXIT_CODE and NOT_READY_EXIT_CODE (an
+    immediate retry cannot succeed) and does not count
     pods disrupted by preemption or eviction against backoffLimit.
     """
     job_labels = dict(labels)
@@ -158,7 +159,7 @@ def render_job(settings: Mapping[str, Any], name: str, labels: Mapping[str, str]
         "backoffLimit": settings["backoff_limit"],
         "podFailurePolicy": {"rules": [
             {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In",
-                                                  "values": [CONFIG_ERROR_EXIT_CODE]}},
+                                                  "values": [CONFIG_ERROR_EXIT_CODE, NOT_READY_EXIT_CODE]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
         "template": {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(settings, name, command)},
