@@ -6,9 +6,16 @@ do not pay for them.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
+
+# A test run started in the background of a non-interactive shell inherits SIGINT ignored, and so would every
+# command it starts: the Ctrl-C tests could not interrupt them. A handler of our own is reset to the default
+# in child processes, so they take Ctrl-C as on a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 """Real sample rasters and polygons beside the repository; tests using them skip where it is absent."""
