@@ -1,7 +1,9 @@
 """Training-step time per detector through the geoscale core against mmengine's Runner, CPU, batch 2.
 
-For each model choice of ``apps.detection`` (conf/detection/model/; default: the study's ten), in this
-one process, one after another:
+For each model choice of ``apps.detection`` (conf/detection/model/; default: the study's ten), one
+after another, each training in a fresh process (in one process a training inherits the heap its
+predecessor left: YOLOX's core, run after the Runner, measured 0.94 of its speed there, and 1.02-1.06
+in fresh processes):
 
 - the Runner: ``mmengine.runner.Runner`` with the same mmdet model config (the preprocessor's channel
   order set as the core sets it), the model's optimizer as an ``optim_wrapper`` (SGD or AdamW, lr,
@@ -24,12 +26,15 @@ data loading, hooks, schedulers and logging included) is reported beside it, and
 minor page faults per step (memory that glibc handed back to the system and takes again). With glibc's
 default settings these faults came and went between trainings of the same network on either side, by up
 to 50x, and its step time with them by up to a fifth, which swamped the difference being measured; so
-the script re-runs itself with ``STEADY_MALLOC`` (no memory handed back below 32 MB blocks, a 1 GB top pad)
+the trainings run with ``STEADY_MALLOC`` (no memory handed back below 32 MB blocks, a 1 GB top pad)
 unless ``--system-malloc`` is given or those variables are already set. Figures
 are medians over the timed steps; ``--rounds`` alternates the Runner's and the core's fp32 trainings
 that many times, to spread slow drifts of the machine over both.
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
-step without a second epoch) are made once in a temporary folder. Prints one JSON object; the target is
+step without a second epoch) are made once in a temporary folder. So that a step's work is the same on
+both sides (it varies with the proposals and boxes): both start from the same initial weights (the
+core's seeded initialisation, saved once per model), read the chips unshuffled and, but for YOLOX's
+mosaic, untransformed. Prints one JSON object; the target is
 core >= 0.95 x the Runner's speed (``core_vs_runner_speed`` = runner step / core step).
 
     python scripts/bench_detection_step.py [--models retinanet_x101,detr] [--size 512] [--steps 5]
@@ -39,12 +44,12 @@ core >= 0.95 x the Runner's speed (``core_vs_runner_speed`` = runner step / core
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -236,15 +241,36 @@ class LightningStepTimer(pl.Callback):
 
 # -- the two trainings ------------------------------------------------------------------------------------------------
 
+def initial_weights(root: Path, model: str) -> Path:
+    """Where the detector's initial weights for both sides are kept."""
+    return root.parent / f"initial_{model}.pth"
+
+
 def app_config(model: str, root: Path, precision: str, iterations: int):
     """The detection app's config for ``model`` on the chips, ``iterations`` steps of batch 2 and no
-    validation. ``epochs`` stays long so that milestones and YOLOX's mode switch lie far ahead, as in a real run."""
-    return compose_app_config("detection", [
+    validation, from ``initial_weights`` once they exist. ``epochs`` stays long so that milestones and
+    YOLOX's mode switch lie far ahead, as in a real run. The default random flips are left out: they
+    run in the data loader, outside the timed step, and would give the two sides different images
+    (YOLOX keeps its mosaic pipeline, whose output sizes its step's work)."""
+    weights = initial_weights(root, model)
+    cfg = compose_app_config("detection", [
         f"model={model}", f"data.root={root}", f"batch_size={BATCH}", "num_workers=0", f"seed={SEED}",
         f"trainer.precision={precision}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=0",
         f"+trainer.max_steps={iterations}", "epochs=300", "~logger", "~callbacks.lr_monitor", "monitor=null",
+        *([f"model.weights={weights}"] if weights.is_file() else []),
     ])
+    if cfg.model.train_transforms is None:
+        cfg.model.train_transforms = []
+    return cfg
+
+
+def save_initial_weights(model: str, root: Path) -> None:
+    """The detector as the core initialises it (seeded), saved for both sides to start from."""
+    cfg = app_config(model, root, "32-true", 1)
+    pl.seed_everything(SEED, verbose=False)
+    task = build(cfg.task, **build(cfg.data).task_arguments())
+    torch.save({"state_dict": task.detector.state_dict()}, initial_weights(root, model))
 
 
 def core_run(model: str, root: Path, precision: str, warmup: int, steps: int, run_dir: Path) -> dict[str, Any]:
@@ -253,6 +279,7 @@ def core_run(model: str, root: Path, precision: str, warmup: int, steps: int, ru
     pl.seed_everything(SEED, verbose=False)
     datamodule = build(cfg.data)
     task = build(cfg.task, **datamodule.task_arguments())
+    datamodule.train_dataloader = partial(datamodule._loader, "train", shuffle=False)  # the Runner's order
     timer = StepTimer(warmup)
     trainer, checkpoint, _ = build_trainer(cfg, run_dir, extra_callbacks=[LightningStepTimer(timer)])
     trainer.callbacks.remove(checkpoint)  # no checkpoint written
@@ -330,7 +357,7 @@ def runner_run(model: str, root: Path, warmup: int, steps: int, work_dir: Path) 
     runner = Runner(
         model=parts["model"], work_dir=str(work_dir), experiment_name=f"bench_{model}",
         train_dataloader={"batch_size": BATCH, "num_workers": 0, "persistent_workers": False,
-                          "sampler": {"type": "DefaultSampler", "shuffle": True},
+                          "sampler": {"type": "DefaultSampler", "shuffle": False},
                           "collate_fn": {"type": "pseudo_collate"}, "dataset": runner_dataset(cfg, root)},
         train_cfg={"type": "IterBasedTrainLoop", "max_iters": warmup + steps, "val_interval": 10 ** 9},
         optim_wrapper=parts["optim_wrapper"], param_scheduler=parts["param_scheduler"],
@@ -339,6 +366,7 @@ def runner_run(model: str, root: Path, warmup: int, steps: int, work_dir: Path) 
                        "param_scheduler": {"type": "ParamSchedulerHook"}},
         custom_hooks=[*parts["custom_hooks"], IterStart(timer), IterEnd(timer)],
         randomness={"seed": SEED}, default_scope="mmdet", log_level="WARNING",
+        load_from=str(initial_weights(root, model)),
     )
     runner.train()
     assert timer.count == warmup + steps, (timer.count, warmup + steps)
@@ -347,29 +375,27 @@ def runner_run(model: str, root: Path, warmup: int, steps: int, work_dir: Path) 
     return {**timer.figures(), "params": params}
 
 
-def free_memory() -> None:
-    gc.collect()
-    try:  # glibc: give freed heap back to the system between models
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+def train_once(side: str, model: str, root: Path, args, work: Path) -> dict[str, Any]:
+    """One training of ``model`` in a fresh process (``side``: ``runner``, ``core`` in fp32, or
+    ``core_default`` in the core's default precision); its StepTimer figures and parameters."""
+    command = [sys.executable, __file__, "--train", side, "--models", model, "--root", str(root),
+               "--work", str(work), "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
+               "--threads", str(args.threads)]
+    done = subprocess.run(command, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} run of {model} failed (exit {done.returncode}; its log is above)")
+    return json.loads(done.stdout) if side != "init" else {}
 
 
 def bench_model(model: str, root: Path, args, work: Path) -> dict[str, Any]:
     """The Runner and the core in fp32, alternating for ``args.rounds`` rounds, then the core in its
-    default precision."""
-    torch.set_num_threads(args.threads)
+    default precision; each training in its own process, all from the same initial weights."""
+    train_once("init", model, root, args, work / f"{model}_init")
     runner_runs, core_runs = [], []
     for r in range(args.rounds):
-        runner_runs.append(runner_run(model, root, args.warmup_steps, args.steps, work / f"{model}_runner{r}"))
-        free_memory()
-        core_runs.append(core_run(model, root, "32-true", args.warmup_steps, args.steps, work / f"{model}_core{r}"))
-        free_memory()
-    default_run = core_run(model, root, resolve_precision("auto", "cpu"), args.warmup_steps, args.steps,
-                           work / f"{model}_core_default")
-    free_memory()
+        runner_runs.append(train_once("runner", model, root, args, work / f"{model}_runner{r}"))
+        core_runs.append(train_once("core", model, root, args, work / f"{model}_core{r}"))
+    default_run = train_once("core_default", model, root, args, work / f"{model}_core_default")
     assert runner_runs[0]["params"] == core_runs[0]["params"], (runner_runs[0]["params"], core_runs[0]["params"])
     runner, core, default = summary(runner_runs), summary(core_runs), summary([default_run])
     return {
@@ -411,6 +437,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {SMALL_MODEL} on 128 px chips, 2 steps")
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's malloc settings (see above)")
+    parser.add_argument("--train", choices=("init", "runner", "core", "core_default"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not args.system_malloc and not any(name in os.environ for name in STEADY_MALLOC):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STEADY_MALLOC})
@@ -430,6 +459,18 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", module=r"(mmengine|mmdet|pytorch_lightning|lightning_fabric)")
+    if args.train:  # one training, in a process of its own: its figures as JSON
+        torch.set_num_threads(args.threads)
+        if args.train == "init":
+            save_initial_weights(models[0], args.root)
+            return
+        if args.train == "runner":
+            figures = runner_run(models[0], args.root, args.warmup_steps, args.steps, args.work)
+        else:
+            precision = "32-true" if args.train == "core" else resolve_precision("auto", "cpu")
+            figures = core_run(models[0], args.root, precision, args.warmup_steps, args.steps, args.work)
+        stdout.write(json.dumps(figures) + "\n")
+        return
     started = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench_detection_step_") as tmp:
@@ -441,7 +482,6 @@ def main() -> None:
             except Exception as exc:  # one model failing does not lose the others' figures
                 traceback.print_exc()
                 results[model] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-                free_memory()
             results[model]["wall_s"] = round(time.perf_counter() - begin, 1)
             print(f"{model}: {json.dumps(results[model])}", file=sys.stderr, flush=True)
     timed = [r for r in results.values() if "error" not in r]

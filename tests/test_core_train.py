@@ -205,3 +205,69 @@ def test_ddp_on_two_processes_records_the_whole_test_split_once(tmp_path):
     single = evaluate(cfg, record, run_dir)
     for name in ("test/iou", "test/f1", "test/accuracy"):
         assert single[name] == pytest.approx(record["metrics"][name], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_batch_size_auto_trains_with_the_largest_batch_that_fits(chips, tmp_path, monkeypatch):
+    """The GPU path of batch_size=auto, on the CPU: a training step that runs out of "GPU memory" above
+    5 chips (the error CUDA raises), Lightning's finder doubling from 2 then bisecting to 5, and the
+    run trained and recorded with 4 (5 less the finder's 5% margin, rounded down)."""
+    import apps.core.train as core_train
+    from apps.core.segmentation import SegmentationTask
+
+    fitting = SegmentationTask.training_step
+
+    def training_step(self, batch, batch_idx):
+        if len(batch["mask"]) > 5:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return fitting(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationTask, "training_step", training_step)
+    monkeypatch.setattr(core_train, "_on_gpu", lambda trainer: True)
+    run_dir = tmp_path / "run"
+    train(tiny_cfg(chips, "batch_size=auto", "default_batch_size=2"), run_dir)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "completed" and record["facts"]["batch_size"] == 4
+    assert not list(run_dir.glob(".scale_batch_size*")), "the finder's checkpoint was left behind"
+
+
+def test_gradients_are_released_after_each_step_and_accumulate_between(tmp_path):
+    """The forward pass of a step after an optimizer step runs without gradients in memory; within an
+    accumulation window they add up, and the step sees the window's mean (Lightning divides each loss
+    by the window's length)."""
+    import pytorch_lightning as pl
+    import torch
+
+    from apps.core.task import BaseTask
+
+    class Linear(BaseTask):
+        def __init__(self):
+            super().__init__({"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0})
+            self.layer = torch.nn.Linear(2, 1, bias=False)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).sum()  # d/dw = the batch's x
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.grad_at_start, self.grad_at_step = [], []
+
+        def on_train_batch_start(self, trainer, task, batch, batch_idx):
+            grad = task.layer.weight.grad
+            self.grad_at_start.append(None if grad is None else grad.clone())
+
+        def on_before_optimizer_step(self, trainer, task, optimizer):
+            self.grad_at_step.append(task.layer.weight.grad.clone())
+
+    xs = torch.arange(8, dtype=torch.float32).reshape(4, 2)
+    record = Record()
+    trainer = pl.Trainer(max_epochs=1, accumulate_grad_batches=2, callbacks=[record], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(xs), batch_size=1)
+    trainer.fit(Linear(), loader)
+    starts = record.grad_at_start
+    assert starts[0] is None and starts[2] is None, "the last step's gradients were kept"
+    assert torch.equal(starts[1], xs[:1] / 2) and torch.equal(starts[3], xs[2:3] / 2)  # mid-window: accumulating
+    assert [g.tolist() for g in record.grad_at_step] == [[((xs[0] + xs[1]) / 2).tolist()],
+                                                         [((xs[2] + xs[3]) / 2).tolist()]]

@@ -65,14 +65,19 @@ def _device_facts(trainer) -> dict[str, Any]:
     return {"device": name, "device_kind": device.type, "device_count": trainer.num_devices * trainer.num_nodes}
 
 
+def _on_gpu(trainer) -> bool:
+    return trainer.strategy.root_device.type == "cuda"
+
+
 def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule) -> int:
     """The batch size to train with: ``cfg.batch_size``, or for ``auto`` the largest that fits the
-    GPU's memory (Lightning's finder: doubling from ``default_batch_size``, then bisecting). On a
+    GPU's memory (Lightning's finder: doubling from ``default_batch_size``, then bisecting), less
+    the finder's 5% margin against memory that fragments later in a run. On a
     CPU there is no memory limit to find, so ``auto`` means ``default_batch_size``, and says so."""
     if str(cfg.batch_size) != "auto":
         return int(datamodule.batch_size)
     datamodule.batch_size = default = int(cfg.default_batch_size)
-    if trainer.strategy.root_device.type != "cuda":
+    if not _on_gpu(trainer):
         log.warning("batch_size=auto: no GPU memory to fit; training with default_batch_size=%d", default)
         return default
     from pytorch_lightning.tuner import Tuner
@@ -84,7 +89,7 @@ def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule) -> int:
 
 def gpu_hours(trainer, wall_time_s: float) -> float | None:
     """Wall time x GPUs of a GPU run, in hours (the study's cost figure); None for a CPU run."""
-    if trainer.strategy.root_device.type != "cuda":
+    if not _on_gpu(trainer):
         return None
     return round(wall_time_s * trainer.num_devices * trainer.num_nodes / 3600, 4)
 
