@@ -26,8 +26,9 @@ data loading, hooks, schedulers and logging included) is reported beside it, and
 minor page faults per step (memory that glibc handed back to the system and takes again). With glibc's
 default settings these faults came and went between trainings of the same network on either side, by up
 to 50x, and its step time with them by up to a fifth, which swamped the difference being measured; so
-the trainings run with ``STEADY_MALLOC`` (no memory handed back below 32 MB blocks, a 1 GB top pad)
-unless ``--system-malloc`` is given or those variables are already set. Figures
+the trainings run with ``STEADY_MALLOC`` (no memory handed back, a 1 GB top pad, and even blocks above
+32 MB from the heap: Deformable DETR's attention tensors otherwise cost 0.5-0.8 million page faults a
+step, and its Runner steps took 4.7 to 13 s on the same work) unless ``--system-malloc`` is given or those variables are already set. Figures
 are medians over the timed steps; ``--rounds`` alternates the Runner's and the core's fp32 trainings
 that many times, to spread slow drifts of the machine over both.
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
@@ -86,8 +87,9 @@ SMALL_MODEL = "fcos_small"
 STUDY_MODELS = tuple(sorted(p.stem for p in MODEL_DIR.glob("*.yaml") if p.stem != SMALL_MODEL))
 BATCH = 2
 STEADY_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "17179869184",
-                 "MALLOC_TOP_PAD_": "1073741824"}
-"""glibc malloc settings (bytes) under which freed memory stays with the process: steadier step times."""
+                 "MALLOC_TOP_PAD_": "1073741824", "MALLOC_MMAP_MAX_": "0"}
+"""glibc malloc settings (bytes; no mmap'd blocks at all) under which freed memory stays with the
+process: steadier step times."""
 TARGET = 0.95
 SEED = 0
 
