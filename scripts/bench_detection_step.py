@@ -29,8 +29,10 @@ to 50x, and its step time with them by up to a fifth, which swamped the differen
 the trainings run with ``STEADY_MALLOC`` (no memory handed back, a 1 GB top pad, and even blocks above
 32 MB from the heap: Deformable DETR's attention tensors otherwise cost 0.5-0.8 million page faults a
 step, and its Runner steps took 4.7 to 13 s on the same work) unless ``--system-malloc`` is given or those variables are already set. Figures
-are medians over the timed steps; ``--rounds`` alternates the Runner's and the core's fp32 trainings
-that many times, to spread slow drifts of the machine over both.
+are medians over the timed steps; ``--rounds`` repeats the Runner's and the core's fp32 trainings that
+many times, the first of the pair alternating, to spread slow drifts of the machine over both (on a shared
+2-core machine one training's steps ran 10% slower than another's on the same work; ``round_speeds``
+shows that spread).
 The chips (``--size`` px, objects of the built-in synthetic scenes, one chip per scene, enough for every
 step without a second epoch) are made once in a temporary folder. So that a step's work is the same on
 both sides (it varies with the proposals and boxes): both start from the same initial weights (the
@@ -390,13 +392,15 @@ def train_once(side: str, model: str, root: Path, args, work: Path) -> dict[str,
 
 
 def bench_model(model: str, root: Path, args, work: Path) -> dict[str, Any]:
-    """The Runner and the core in fp32, alternating for ``args.rounds`` rounds, then the core in its
-    default precision; each training in its own process, all from the same initial weights."""
+    """The Runner and the core in fp32 for ``args.rounds`` rounds (Runner first in even rounds, core first
+    in odd ones), then the core in its default precision; each training in its own process, all from the
+    same initial weights. ``round_speeds``: each round's runner/core ratio of median steps."""
     train_once("init", model, root, args, work / f"{model}_init")
-    runner_runs, core_runs = [], []
+    runs: dict[str, list] = {"runner": [], "core": []}
     for r in range(args.rounds):
-        runner_runs.append(train_once("runner", model, root, args, work / f"{model}_runner{r}"))
-        core_runs.append(train_once("core", model, root, args, work / f"{model}_core{r}"))
+        for side in ("runner", "core") if r % 2 == 0 else ("core", "runner"):
+            runs[side].append(train_once(side, model, root, args, work / f"{model}_{side}{r}"))
+    runner_runs, core_runs = runs["runner"], runs["core"]
     default_run = train_once("core_default", model, root, args, work / f"{model}_core_default")
     assert runner_runs[0]["params"] == core_runs[0]["params"], (runner_runs[0]["params"], core_runs[0]["params"])
     runner, core, default = summary(runner_runs), summary(core_runs), summary([default_run])
@@ -405,6 +409,8 @@ def bench_model(model: str, root: Path, args, work: Path) -> dict[str, Any]:
         "runner_step_s": runner["step_s"], "core_step_s": core["step_s"],
         "core_vs_runner_speed": round(runner["step_s"] / core["step_s"], 3),
         "met": runner["step_s"] / core["step_s"] >= TARGET,
+        "round_speeds": [round(statistics.median(r["steps_s"]) / statistics.median(c["steps_s"]), 3)
+                         for r, c in zip(runner_runs, core_runs)],
         "runner_iteration_s": runner["iteration_s"], "core_iteration_s": core["iteration_s"],
         "core_vs_runner_iteration_speed": (round(runner["iteration_s"] / core["iteration_s"], 3)
                                            if runner["iteration_s"] and core["iteration_s"] else None),
