@@ -49,7 +49,7 @@ def test_detection_step_benchmark_times_the_core_against_mmengines_runner():
     assert figures["core_vs_runner_speed"] == pytest.approx(figures["runner_step_s"] / figures["core_step_s"], rel=0.01)
     assert figures["core_default_precision"] in ("bf16-mixed", "32-true") and figures["core_default_step_s"] > 0
     assert len(figures["steps_s"]["runner"]) == len(figures["steps_s"]["core"]) == 2
-    assert figures["round_speeds"] == [pytest.approx(figures["core_vs_runner_speed"], abs=0.002)]  # one round
+    assert figures["round_speeds"] == [pytest.approx(figures["core_vs_runner_speed"], rel=0.01)]  # one round (step_s is rounded)
     assert report["torch_threads"] >= 1 and report["target"].endswith("0.95")
 
 
