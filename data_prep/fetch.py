@@ -40,6 +40,7 @@ from shapely.geometry.base import BaseGeometry
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from tqdm import tqdm
 
+from apps.foundation.download import Dropped, HTTPFailure, ShortBody, stream_resumably
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 from data_prep.geotiff import first_line, read_stamp, stamp_tags
@@ -136,10 +137,6 @@ class SizeMismatch(RemoteError):
     """A download whose size differs from what the server or the catalogue declared."""
 
 
-class Dropped(Exception):
-    """A connection lost while a response body streamed in: the download resumes from the bytes received."""
-
-
 class Fetcher:
     """Fetches chosen items into scene folders (see the module), ``settings.concurrency`` bands at a time."""
 
@@ -201,33 +198,18 @@ class Fetcher:
             return path
         with atomic_path(path) as tmp:
             try:
-                for attempt in self._retrying(what, (Dropped,)):
-                    with attempt:
-                        self._stream(href, tmp, what)
+                stream_resumably(self.session, href, tmp, self._retrying(what, (Dropped,)), self.settings.timeout_s,
+                                 self.settings.chunk_bytes)
+            except ShortBody as exc:
+                raise SizeMismatch(f"{what}: {exc}") from None
+            except HTTPFailure as exc:
+                raise RemoteError(f"{what}: {exc}") from None
             except (requests.RequestException, Dropped) as exc:
                 raise RemoteError(f"{what}: {redact(http_problem(exc.__cause__ or exc))}") from None
             if expected is not None and tmp.stat().st_size != expected:
                 raise SizeMismatch(f"{what}: {tmp.stat().st_size} bytes downloaded, the catalogue's file:size says "
                                    f"{expected}")
         return path
-
-    def _stream(self, href: str, tmp: Path, what: str) -> None:
-        have = tmp.stat().st_size if tmp.exists() else 0
-        headers = {"Range": f"bytes={have}-"} if have else {}
-        with self.session.get(href, headers=headers, stream=True, timeout=self.settings.timeout_s) as response:
-            if response.status_code >= 400:
-                raise RemoteError(f"{what}: HTTP {response.status_code} {response.reason}")
-            if response.status_code != 206:
-                have = 0  # the server sent the whole file
-            declared = response.headers.get("Content-Length")
-            with tmp.open("ab" if have else "wb") as fh:
-                try:
-                    for chunk in response.iter_content(self.settings.chunk_bytes):
-                        fh.write(chunk)
-                except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
-                    raise Dropped(first_line(exc)) from exc
-        if declared is not None and tmp.stat().st_size != have + int(declared):
-            raise SizeMismatch(f"{what}: {tmp.stat().st_size - have} bytes received, Content-Length says {declared}")
 
     def fetch_band(self, job: SceneJob, band: str) -> None:
         """Write one band of ``job`` into its partial folder unless it is there with the same stamp."""

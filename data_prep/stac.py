@@ -24,10 +24,10 @@ from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 from urllib3.util.retry import Retry
 
+from apps.foundation.download import RETRY_STATUS
 from apps.foundation.errors import InputError
 from data_prep.geotiff import first_line
 
-RETRY_STATUS = (429, 500, 502, 503, 504)
 COVERED = 1e-3
 """An area counts as covered when at most this fraction of it is left uncovered."""
 TIE = 0.01

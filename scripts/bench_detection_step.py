@@ -262,7 +262,7 @@ def app_config(model: str, root: Path, precision: str, iterations: int):
         f"trainer.precision={precision}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
         "+trainer.enable_model_summary=false", "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=0",
         f"+trainer.max_steps={iterations}", "epochs=300", "~logger", "~callbacks.lr_monitor", "monitor=null",
-        *([f"model.weights={weights}"] if weights.is_file() else []),
+        *(["init=pretrained", f"init.weights_path={weights}", "init.weights_part="] if weights.is_file() else []),
     ])
     if cfg.model.train_transforms is None:
         cfg.model.train_transforms = []

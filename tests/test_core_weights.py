@@ -46,13 +46,35 @@ def test_weights_of_another_network_are_rejected(tmp_path):
         instantiate(cfg.task)
 
 
-def test_missing_imagenet_weights_name_what_to_provide(tmp_path):
-    cfg = compose_config(overrides=["init=imagenet", f"init.weights_dir={tmp_path}"])
+def test_missing_catalogued_weights_name_the_file_and_the_fetch_command(tmp_path):
+    cfg = compose_config(overrides=["init=imagenet", f"weights_dir={tmp_path}"])
     with pytest.raises(InputError) as err:
         instantiate(cfg.task)
     message = str(err.value)
-    assert str(tmp_path / "resnet50.imagenet.safetensors") in message
-    assert "smp-hub/resnet50.imagenet" in message and "init=random" in message
+    assert str(tmp_path / "resnet50-19c8e357.pth") in message
+    assert f"python -m apps.weights fetch names=[resnet50.imagenet] weights_dir={tmp_path}" in message
+
+
+def test_catalogued_encoder_weights_load_and_say_how_many_tensors(tmp_path, caplog):
+    import torchvision
+
+    saved = torchvision.models.resnet50(weights=None).state_dict()
+    torch.save(saved, tmp_path / "resnet50-19c8e357.pth")
+    cfg = compose_config(overrides=["init=imagenet", f"weights_dir={tmp_path}"])
+    with caplog.at_level("INFO"):
+        task = instantiate(cfg.task)
+    assert torch.equal(task.net.encoder.state_dict()["layer4.2.conv3.weight"], saved["layer4.2.conv3.weight"])
+    expected = len(task.net.encoder.state_dict())
+    assert f"loaded {expected}/{expected} tensors of the encoder" in caplog.text
+
+
+def test_an_uncatalogued_encoder_without_its_file_names_what_to_provide(tmp_path):
+    cfg = compose_config(overrides=["model.encoder=resnet18", "init=imagenet", f"init.weights_dir={tmp_path}"])
+    with pytest.raises(InputError) as err:
+        instantiate(cfg.task)
+    message = str(err.value)
+    assert str(tmp_path / "resnet18.imagenet.safetensors") in message
+    assert "smp-hub/resnet18.imagenet" in message and "init=random" in message
 
 
 @pytest.mark.slow

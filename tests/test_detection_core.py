@@ -127,8 +127,19 @@ def test_backbone_checkpoint_loads_into_the_backbone(tmp_path):
 
 
 def test_missing_weights_file_is_named(tmp_path):
-    with pytest.raises(InputError, match=r"weights .*nowhere\.pth: file not found"):
-        DetectionTask(NETWORK, SGD, class_names=CLASSES, weights=str(tmp_path / "nowhere.pth"))
+    init = {"weights": "pretrained", "weights_path": str(tmp_path / "nowhere.pth"), "weights_dir": str(tmp_path)}
+    with pytest.raises(InputError, match=r"weights file .*nowhere\.pth not found"):
+        DetectionTask(NETWORK, SGD, class_names=CLASSES, init=init, model_name="tiny")
+
+
+def test_a_catalogued_detector_without_its_file_names_the_file_and_the_fetch_command(tmp_path):
+    from apps.foundation.catalogue import read_catalogue
+
+    checkpoint = read_catalogue()["retinanet_x101"]
+    init = {"weights": "pretrained", "weights_path": None, "weights_dir": str(tmp_path)}
+    with pytest.raises(InputError, match=rf"{checkpoint.file} not found .*python -m apps.weights fetch "
+                                         rf"names=\[retinanet_x101\] weights_dir={tmp_path}"):
+        DetectionTask(NETWORK, SGD, class_names=CLASSES, init=init, model_name="retinanet_x101")
 
 
 def test_unreadable_weights_file_is_named(tmp_path):

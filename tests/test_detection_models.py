@@ -20,7 +20,7 @@ TEN = ["faster_rcnn_convnext", "ssd_vgg16", "retinanet_x101", "fcos_r101", "yolo
        "detr", "deformable_detr", "swin_t_faster_rcnn"]
 SMALL = "fcos_small"
 KEYS = {"name", "network", "lr", "base_batch_size", "weight_decay", "paramwise", "constructor", "clip_grad", "schedule", "min_size",
-        "train_transforms", "ema", "callbacks", "weights", "weights_prefix"}
+        "train_transforms", "ema", "callbacks"}
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01, "momentum": 0.9, "weight_decay": 1.0e-4}
 
 

@@ -192,6 +192,35 @@ def test_an_app_that_does_not_train_gets_no_gpu():
     assert command_of([job])[-1] == "hydra.run.dir=/outputs/x/0"
 
 
+def test_prep_jobs_write_the_volumes_that_training_jobs_read():
+    volumes = [{"claim": "data", "mount_path": "/app/data", "read_only": True, "prep_writes": True},
+               {"claim": "reference", "mount_path": "/reference", "read_only": True},
+               {"claim": "outputs", "mount_path": "/outputs"}]
+    cluster = settings(volumes=volumes, shm_size=None)
+
+    def read_only_mounts(trains: bool) -> set[str]:
+        [job] = render_point(cluster, "app", sweep_id("/sweeps/x"), 0, "some.module", [], "/outputs/x/0", trains=trains)
+        mounts = job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+        return {m["mountPath"] for m in mounts if m["readOnly"]}
+
+    assert read_only_mounts(trains=True) == {"/app/data", "/reference"}
+    assert read_only_mounts(trains=False) == {"/reference"}
+
+
+def test_the_cluster_profile_mounts_data_and_weights_for_prep_to_write_and_training_to_read():
+    from coretools import CONF_DIR
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("burned_area", overrides=["cluster=nautilus"], return_hydra_config=True)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    by_claim = {v["claim"]: v for v in launcher["volumes"]}
+    for claim in ("geoscale-data", "geoscale-weights"):
+        assert by_claim[claim]["read_only"] and by_claim[claim]["prep_writes"]
+    assert not by_claim["geoscale-outputs"].get("read_only", False)
+    assert launcher["env"]["GEOSCALE_WEIGHTS_DIR"] == by_claim["geoscale-weights"]["mount_path"]
+
+
 def test_job_names_are_unique_dns_labels_over_a_thousand_points():
     sweep = sweep_id("/outputs/burned_area/sweeps/2026-01-01_00-00-00_abcdef12")
     for app in ["burned_area", "Prep_Burned_Area", "a" * 80, "__x__"]:

@@ -48,7 +48,7 @@ def test_installed_app_composes_away_from_the_source_tree(wheel, tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(target)}
-    done = subprocess.run([sys.executable, "-m", "apps.burned_area", "cluster=nautilus", "--cfg", "hydra",
+    done = subprocess.run([sys.executable, "-m", "apps.burned_area", "cluster=nautilus", "--cfg", "hydra", "--resolve",
                            "--package", "hydra.launcher"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -10,6 +11,8 @@ from apps.foundation.errors import InputError
 from apps.core.segmentation import SegmentationTask
 from apps.core.task import plain
 from apps.core.weights import find_weights_file, load_encoder_weights
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("unet", "unetplusplus", "deeplabv3", "deeplabv3plus")
 
@@ -39,7 +42,7 @@ def build_network(model: Mapping[str, Any], init: Mapping[str, Any], in_channels
             what=f"init={weights} for encoder {encoder}",
             source_hint=f"get model.safetensors of the Hugging Face repo {settings['repo_id']}",
         )
-        load_encoder_weights(net.encoder, path)
+        log.info("%s", load_encoder_weights(net.encoder, path))
     if in_channels != 3:
         net.encoder.set_in_channels(in_channels, pretrained=bool(weights))
     return net

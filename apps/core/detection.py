@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"weights {path}: file not found (nothing is downloaded: put the COCO or ImageNet "
-                         f"checkpoint there, or set model.weights=null to start from random weights)")
+                         f"checkpoint there, or use init=random)")
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -97,6 +97,21 @@ def load_weights(detector: torch.nn.Module, path: str | Path, prefix: str = "") 
             + (f" ({skipped} of the file's skipped: name or shape differs)" if skipped else ""))
 
 
+def pretrained_file(init: Mapping[str, Any], model_name: str) -> tuple[Path, str]:
+    """The local checkpoint that ``init`` names for detector ``model_name`` and the submodule it fits."""
+    from apps.core.weights import find_weights_file
+    from apps.foundation.catalogue import read_catalogue
+
+    catalogued = read_catalogue().get(model_name)
+    path = find_weights_file(init.get("weights_path"), str(init["weights_dir"]), model_name,
+                             what=f"init={init['weights']} for model={model_name}",
+                             source_hint="the catalogue has no checkpoint for it")
+    part = init.get("weights_part")
+    if part is None:
+        part = catalogued.part if catalogued is not None and not init.get("weights_path") else ""
+    return path, part
+
+
 def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, colours: Sequence[str]) -> torch.Tensor:
     """An RGB image (3, H, W) in [0, 1] with ``boxes`` (N, 4) xyxy px outlined in their class colour."""
     from torchvision.utils import draw_bounding_boxes
@@ -120,15 +135,17 @@ class DetectionTask(BaseTask):
     ``paramwise`` settings and optional optimizer ``constructor`` (layer-wise decay); ``schedule``
     holds the model's warmup (per iteration) and milestones (per epoch, as fractions of the
     training's epochs); ``clip_grad`` its gradient clipping ({max_norm, norm_type} or None).
-    ``weights`` names a local checkpoint (``weights_prefix``: the submodule it fits, "" for a whole
-    detector). ``ema`` ({momentum, gamma, update_buffers}, YOLOX's recipe) keeps an exponential moving
+    ``init`` says where its weights start (conf/detection/init): ``weights`` null (the recipe's own
+    initialisation) or ``pretrained`` (the checkpoint of ``model_name`` in the weights catalogue, in
+    ``weights_dir``, or the local file ``weights_path``; ``weights_part``: the submodule it fits, "" for a
+    whole detector, null: the catalogue's). ``ema`` ({momentum, gamma, update_buffers}, YOLOX's recipe) keeps an exponential moving
     average of the weights (mmdet's ExpMomentumEMA, updated after every step, saved with the task),
     which validation, test and prediction use. ``callbacks`` (name -> ``_target_`` config) are Lightning
     callbacks the recipe needs (``apps.core.detection_callbacks``). Validation and test log COCO
     ``map``, ``map_50``, ``map_75``, ``map_s/m/l`` and per-class ``ap_<class>``.
     """
 
-    CHECKPOINT_OVERRIDES = {"weights": None}
+    CHECKPOINT_OVERRIDES = {"init": None}
 
     def __init__(
         self,
@@ -139,15 +156,15 @@ class DetectionTask(BaseTask):
         paramwise: Mapping[str, Any] | None = None,
         constructor: str | None = None,
         clip_grad: Mapping[str, Any] | None = None,
-        weights: str | None = None,
-        weights_prefix: str = "",
+        init: Mapping[str, Any] | None = None,
+        model_name: str = "",
         ema: Mapping[str, Any] | None = None,
         callbacks: Mapping[str, Mapping[str, Any]] | None = None,
         scale_lr: bool = False,
         base_batch_size: int | None = None,
     ) -> None:
-        network, optimizer, class_names, schedule, paramwise, clip_grad, ema, callbacks = map(
-            plain, (network, optimizer, class_names, schedule, paramwise, clip_grad, ema, callbacks))
+        network, optimizer, class_names, schedule, paramwise, clip_grad, init, ema, callbacks = map(
+            plain, (network, optimizer, class_names, schedule, paramwise, clip_grad, init, ema, callbacks))
         super().__init__(optimizer, None)
         self.save_hyperparameters()
         self.class_names = list(class_names)
@@ -161,8 +178,8 @@ class DetectionTask(BaseTask):
             raise InputError("scale_lr: needs the batch size the recipe's lr is for (model.base_batch_size)")
         self.lr_base_batch = int(base_batch_size) if scale_lr else None
         self.detector = build_detector(build(dict(network))(num_classes=len(self.class_names)))
-        if weights:
-            log.info("%s", load_weights(self.detector, weights, weights_prefix))
+        if init and init.get("weights"):
+            log.info("%s", load_weights(self.detector, *pretrained_file(init, model_name)))
         self.callback_cfgs = dict(callbacks or {})
         self.ema = None
         if ema:

@@ -7,23 +7,32 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from apps.foundation.catalogue import fetch_hint, read_catalogue
 from apps.foundation.errors import InputError
 
 CLASSIFIER_PREFIXES = ("fc.", "classifier.", "head.", "last_linear.")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
-def find_weights_file(weights_path: str | None, weights_dir: str, stem: str, what: str, source_hint: str) -> Path:
-    """The local weights file for ``what``: ``weights_path`` if given, else ``<weights_dir>/<stem><suffix>``.
+def find_weights_file(weights_path: str | None, weights_dir: str, name: str, what: str, source_hint: str) -> Path:
+    """The local weights file for ``what``: ``weights_path`` if given; else the catalogue's file for
+    ``name`` in ``weights_dir``; else, for a name the catalogue lacks, ``<weights_dir>/<name><suffix>``.
 
-    Raises InputError naming the file(s) looked for and what to provide when none exists.
+    Raises InputError naming the file(s) looked for and how to get them when none exists.
     """
     if weights_path:
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise InputError(f"{what}: weights file {path} not found")
         return path
-    candidates = [Path(weights_dir).expanduser() / f"{stem}{suffix}" for suffix in WEIGHT_SUFFIXES]
+    catalogued = read_catalogue().get(name)
+    if catalogued is not None:
+        path = Path(weights_dir).expanduser() / catalogued.file
+        if not path.is_file():
+            raise InputError(f"{what}: weights file {path} not found (nothing is downloaded at run time): "
+                             f"{fetch_hint(name, weights_dir)}, or pass a file as init.weights_path")
+        return path
+    candidates = [Path(weights_dir).expanduser() / f"{name}{suffix}" for suffix in WEIGHT_SUFFIXES]
     for path in candidates:
         if path.is_file():
             return path
@@ -51,10 +60,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+def load_encoder_weights(encoder: nn.Module, path: Path) -> str:
     """Load pretrained classification-network weights into ``encoder``, ignoring its classifier head.
 
-    Every encoder tensor must be present with the same shape; InputError otherwise.
+    Every encoder tensor must be present with the same shape; InputError otherwise. Returns a
+    one-line account of what was loaded.
     """
     state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(CLASSIFIER_PREFIXES)}
     expected = encoder.state_dict()
@@ -69,3 +79,4 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
         )
     # nn.Module's own loader: some encoders override load_state_dict to drop classifier keys.
     nn.Module.load_state_dict(encoder, state, strict=True)
+    return f"loaded {len(state)}/{len(expected)} tensors of the encoder from {path}"

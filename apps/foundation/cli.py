@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import conf
-from apps.foundation.errors import INTERRUPTED_EXIT_CODE, RemoteRunFailed, exit_with_error, input_error_cause, one_line
+from apps.foundation.errors import (
+    INTERRUPTED_EXIT_CODE, RemoteRunFailed, exit_with_error, input_error_cause, one_line, read_only_mount_cause,
+)
 
 CONF_DIR = str(Path(conf.__file__).resolve().parent)
 """The config tree's root folder (``conf/``)."""
@@ -36,7 +38,8 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
     """Run ``task_function`` as the Hydra app of primary config ``conf/<config_name>.yaml``.
 
     Bad input (an ``InputError`` raised by the task, even wrapped by a library) and bad configuration
-    (a misspelled override or group choice, a missing value) print one line ``error: ...`` on stderr
+    (a misspelled override or group choice, a missing value), and a write to a read-only mount, print
+    one line ``error: ...`` on stderr
     and exit with CONFIG_ERROR_EXIT_CODE; a sweep point that failed on a cluster is one line and exit
     code 1; Ctrl-C prints ``interrupted`` and exits with 130; any other exception is a bug and keeps
     its traceback.
@@ -50,8 +53,11 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
         # Inside the job, so that Hydra does not first report the failure in its own words.
         try:
             return task_function(cfg)
+        except RemoteRunFailed as exc:
+            print(f"error: {one_line(exc)}", file=sys.stderr)
+            sys.exit(1)
         except Exception as exc:
-            cause = input_error_cause(exc)
+            cause = input_error_cause(exc) or read_only_mount_cause(exc)
             if cause is None:
                 raise
             exit_with_error(cause)
@@ -67,6 +73,10 @@ def run_hydra_app(task_function: Callable[[Any], Any], config_name: str) -> None
     except RemoteRunFailed as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(1)
+    except OSError as exc:  # Hydra writing the run directory's .hydra/ onto a read-only mount
+        if (cause := read_only_mount_cause(exc)) is None:
+            raise
+        exit_with_error(cause)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_EXIT_CODE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import NoReturn
 
@@ -43,6 +44,20 @@ def input_error_cause(exc: BaseException | None) -> InputError | None:
     while exc is not None:
         if isinstance(exc, InputError):
             return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def read_only_mount_cause(exc: BaseException | None) -> InputError | None:
+    """An InputError naming the read-only mount that ``exc`` (or an error behind it) failed to write
+    to: a Job that writes where its pod mounts a volume read-only fails at once, saying where."""
+    from apps.foundation.files import mount_point
+
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.EROFS:
+            path = exc.filename or "a path"
+            return InputError(f"{path}: cannot be written, {mount_point(path) if exc.filename else 'its mount'} "
+                              f"is mounted read-only here (mount it writable for this Job)")
         exc = exc.__cause__ or exc.__context__
     return None
 

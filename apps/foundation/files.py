@@ -51,3 +51,23 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically: readers see the old file, or all of the new one."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def mount_point(path: str | os.PathLike, mountinfo: str | os.PathLike = "/proc/self/mountinfo") -> str:
+    """The mount point that holds ``path`` (the longest mount point above its real path), from this
+    process's mount table (bind mounts included, which ``os.path.ismount`` cannot tell); "/" where
+    the table cannot be read."""
+    target = os.path.realpath(path)
+    best = "/"
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return best
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 5:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # the table writes spaces as \040
+        if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best = point
+    return best

@@ -45,7 +45,8 @@ class KubernetesLauncherConf:
     tolerations: List[Any] = field(default_factory=list)
 
     # Storage and environment; secrets only by reference.
-    volumes: List[Any] = field(default_factory=list)  # {claim, mount_path, read_only: false}
+    # {claim, mount_path, read_only: false, prep_writes: false}; prep_writes: writable in Jobs that do not train
+    volumes: List[Any] = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)
     env_from_secrets: List[str] = field(default_factory=list)  # every key of these secrets as env
     secret_env: Dict[str, Any] = field(default_factory=dict)  # ENV_NAME: {secret, key}

@@ -86,13 +86,15 @@ def _env(settings: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
     return env
 
 
-def _volumes(settings: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
+def _volumes(settings: Mapping[str, Any], trains: bool) -> tuple[list[dict], list[dict]]:
+    """The pod's volumes and mounts: ``read_only`` volumes stay read-only, except that a point which
+    does not train (acquisition, prep, weights) mounts those marked ``prep_writes`` writable."""
     volumes, mounts = [], []
     for i, volume in enumerate(settings["volumes"]):
         volume_name = f"{dns_label(volume['claim'])[:50]}-{i}"
+        read_only = bool(volume.get("read_only", False)) and (trains or not volume.get("prep_writes", False))
         volumes.append({"name": volume_name, "persistentVolumeClaim": {"claimName": volume["claim"]}})
-        mounts.append({"name": volume_name, "mountPath": volume["mount_path"],
-                       "readOnly": bool(volume.get("read_only", False))})
+        mounts.append({"name": volume_name, "mountPath": volume["mount_path"], "readOnly": read_only})
     if settings["shm_size"]:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": str(settings["shm_size"])}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -107,8 +109,8 @@ def _affinity(settings: Mapping[str, Any]) -> dict[str, Any] | None:
         "nodeSelectorTerms": [{"matchExpressions": [requirement]}]}}}
 
 
-def _pod_spec(settings: Mapping[str, Any], name: str, command: list[str]) -> dict[str, Any]:
-    volumes, mounts = _volumes(settings)
+def _pod_spec(settings: Mapping[str, Any], name: str, command: list[str], trains: bool) -> dict[str, Any]:
+    volumes, mounts = _volumes(settings, trains)
     container = {
         "name": CONTAINER_NAME,
         "image": settings["image"],
@@ -145,8 +147,10 @@ def _pod_spec(settings: Mapping[str, Any], name: str, command: list[str]) -> dic
     return spec
 
 
-def render_job(settings: Mapping[str, Any], name: str, labels: Mapping[str, str], command: list[str]) -> dict[str, Any]:
-    """A ``batch/v1`` Job that runs ``command`` once (on ``num_nodes`` indexed pods when > 1).
+def render_job(settings: Mapping[str, Any], name: str, labels: Mapping[str, str], command: list[str],
+               trains: bool = True) -> dict[str, Any]:
+    """A ``batch/v1`` Job that runs ``command`` once (on ``num_nodes`` indexed pods when > 1); ``trains``
+    as in :func:`render_point`.
 
     Its podFailurePolicy fails the Job at once on CONFIG_ERROR_EXIT_CODE and NOT_READY_EXIT_CODE (an
     immediate retry cannot succeed) and does not count
@@ -162,7 +166,7 @@ def render_job(settings: Mapping[str, Any], name: str, labels: Mapping[str, str]
                                                   "values": [CONFIG_ERROR_EXIT_CODE, NOT_READY_EXIT_CODE]}},
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
         ]},
-        "template": {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(settings, name, command)},
+        "template": {"metadata": {"labels": dict(labels)}, "spec": _pod_spec(settings, name, command, trains)},
     }
     if settings["num_nodes"] > 1:
         spec.update(completionMode="Indexed", completions=settings["num_nodes"], parallelism=settings["num_nodes"])
@@ -187,10 +191,11 @@ def render_point(settings: Mapping[str, Any], app: str, sweep: str, num: int, ap
     """The manifests of one sweep point: its Job, preceded by a headless Service when multi-node.
 
     trains: the app has a trainer to fit to the pod (see :func:`pod_command`); one that does not
-    (data prep) gets no GPU, whatever ``settings["gpus"]`` says.
+    (acquisition, prep, weights) gets no GPU, whatever ``settings["gpus"]`` says, and writes the
+    volumes marked ``prep_writes``.
     """
     if not trains:
         settings = {**settings, "gpus": 0}
     name, labels = job_name(app, sweep, num), point_labels(app, sweep, num)
-    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir, trains))
+    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir, trains), trains)
     return [render_service(settings, name, labels), job] if settings["num_nodes"] > 1 else [job]
