@@ -231,6 +231,64 @@ def test_batch_size_auto_trains_with_the_largest_batch_that_fits(chips, tmp_path
     assert not list(run_dir.glob(".scale_batch_size*")), "the finder's checkpoint was left behind"
 
 
+OOM_ABOVE_FIVE = """
+import json, sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+import apps.core.train as core_train
+from apps.core.segmentation import SegmentationTask
+
+fitting = SegmentationTask.training_step
+
+
+def training_step(self, batch, batch_idx):
+    if len(batch["mask"]) > 5:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return fitting(self, batch, batch_idx)
+
+
+class RecordBatchSize(pl.Callback):
+    def on_train_start(self, trainer, task):
+        out = Path(trainer.default_root_dir) / f"rank_{trainer.global_rank}.json"
+        out.write_text(json.dumps({"batch_size": trainer.train_dataloader.batch_size, "world": trainer.world_size}))
+
+
+SegmentationTask.training_step = training_step
+core_train._on_gpu = lambda trainer: True
+if __name__ == "__main__":
+    from apps.burned_area.__main__ import main
+
+    main()
+"""
+
+
+@pytest.mark.slow
+def test_batch_size_auto_under_ddp_is_found_once_before_the_start_and_used_by_every_rank(tmp_path):
+    """batch_size=auto on two DDP processes (gloo, on the CPU), each seeing "GPU memory" run out above 5
+    chips: rank zero finds 4 on one device before the distributed start, and both ranks train with it."""
+    script = tmp_path / "oom_above_five.py"
+    script.write_text(OOM_ABOVE_FIVE)
+    chips = make_chip_dataset(tmp_path / "chips", chips_per_scene=8, size=64)
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(script), "model.encoder=resnet18", "+model.decoder_channels=[16,16,8,8,8]",
+         "batch_size=auto", "default_batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false",
+         f"data.root={chips}", "epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
+         "+callbacks.record._target_=__main__.RecordBatchSize", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((run_dir / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
+    assert ranks == [{"batch_size": 4, "world": 2}] * 2
+    assert (proc.stdout + proc.stderr).count("fits one GPU's memory") == 1
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["facts"]["batch_size"] == 4 and record["facts"]["device_count"] == 2
+    import yaml
+
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["batch_size"] == 4
+
+
 def test_gradients_are_released_after_each_step_and_accumulate_between(tmp_path):
     """The forward pass of a step after an optimizer step runs without gradients in memory; within an
     accumulation window they add up, and the step sees the window's mean (Lightning divides each loss

@@ -45,5 +45,5 @@ def test_batch_size_auto_on_a_cpu_takes_the_default(tmp_path, caplog):
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=SimpleNamespace(type="cpu")))
     datamodule = SimpleNamespace(batch_size="auto")
     with caplog.at_level("WARNING"):
-        assert resolve_batch_size(cfg, trainer, None, datamodule) == 3
+        assert resolve_batch_size(cfg, trainer, None, datamodule, tmp_path) == 3
     assert datamodule.batch_size == 3 and "no GPU memory to fit" in caplog.text

@@ -90,3 +90,13 @@ class TestExamplesFigure(pl.Callback):
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=80)
         plt.close(fig)
+
+
+class SharedBatchSize(pl.Callback):
+    """Every rank of a distributed run trains with global rank zero's batch size: the one that
+    ``batch_size=auto`` found on one device before the distributed start. Broadcast once the process
+    group exists and before any data loader is made; in a single process it changes nothing."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        datamodule.batch_size = int(trainer.strategy.broadcast(int(datamodule.batch_size), src=0))

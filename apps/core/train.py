@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,13 @@ from apps.foundation.rundir import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """Keyword arguments of ``pl.Trainer`` from ``cfg.trainer``, with ``precision: auto`` resolved."""
+    arguments = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    arguments["precision"] = resolve_precision(arguments.get("precision", AUTO), arguments.get("accelerator", "auto"))
+    return arguments
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None = None):
@@ -45,12 +53,9 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     clock = RunClock()
     callbacks = [checkpoint, clock, *(build(c) for c in callback_cfg.values() if c), *(extra_callbacks or [])]
     logger = build(cfg.logger, save_dir=str(run_dir)) if cfg.get("logger") else False
-    trainer_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs.get("precision", AUTO),
-                                                    trainer_kwargs.get("accelerator", "auto"))
     # Lightning's own use of a torch API that torch now deprecates; nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    trainer = pl.Trainer(**trainer_kwargs, default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
+    trainer = pl.Trainer(**trainer_arguments(cfg), default_root_dir=str(run_dir), callbacks=callbacks, logger=logger)
     # Deterministic mode would also fill every new tensor with NaN (a debugging aid) and slow each
     # step by a fifth on the CPU; results do not depend on it.
     torch.utils.deterministic.fill_uninitialized_memory = False
@@ -69,21 +74,52 @@ def _on_gpu(trainer) -> bool:
     return trainer.strategy.root_device.type == "cuda"
 
 
-def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule) -> int:
-    """The batch size to train with: ``cfg.batch_size``, or for ``auto`` the largest that fits the
-    GPU's memory (Lightning's finder: doubling from ``default_batch_size``, then bisecting), less
-    the finder's 5% margin against memory that fragments later in a run. On a
-    CPU there is no memory limit to find, so ``auto`` means ``default_batch_size``, and says so."""
+def starts_as_global_rank_zero() -> bool:
+    """Whether this process is, or will become, global rank zero: not a rank that Lightning started
+    beside it (``LOCAL_RANK`` > 0) and not on a node other than the first (``NODE_RANK`` > 0)."""
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule, run_dir: Path) -> int:
+    """The batch size to train with: ``cfg.batch_size``, or for ``auto`` the largest that fits one
+    GPU's memory (:func:`find_batch_size`). On a CPU there is no memory limit to find, so ``auto``
+    means ``default_batch_size``, and says so.
+
+    A distributed run finds it in global rank zero alone, before the distributed start, on one device;
+    the other ranks hold ``default_batch_size`` until :class:`~apps.core.callbacks.SharedBatchSize`
+    hands them rank zero's. The found size replaces ``auto`` in the run's ``.hydra/config.yaml``.
+    """
     if str(cfg.batch_size) != "auto":
         return int(datamodule.batch_size)
     datamodule.batch_size = default = int(cfg.default_batch_size)
     if not _on_gpu(trainer):
         log.warning("batch_size=auto: no GPU memory to fit; training with default_batch_size=%d", default)
         return default
+    if not starts_as_global_rank_zero():
+        return default
+    datamodule.batch_size = found = find_batch_size(cfg, task, datamodule, run_dir)
+    log.info("batch_size=auto: %d fits one GPU's memory; every rank trains with it", found)
+    saved = run_dir / ".hydra" / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        config = yaml.safe_load(saved.read_text())
+        config["batch_size"] = found
+        atomic_write_text(saved, yaml.safe_dump(config, sort_keys=False))
+    return found
+
+
+def find_batch_size(cfg: DictConfig, task, datamodule, run_dir: Path) -> int:
+    """The largest batch that fits one device's memory: Lightning's finder (doubling from
+    ``default_batch_size``, then bisecting) on a one-device trainer of the run's precision, less the
+    finder's 5% margin against memory that fragments later in a run. The task's weights are as before."""
+    import pytorch_lightning as pl
     from pytorch_lightning.tuner import Tuner
 
-    found = Tuner(trainer).scale_batch_size(task, datamodule=datamodule, mode="binsearch", init_val=default)
-    log.info("batch_size=auto: %s fits this GPU's memory", found)
+    single = {**trainer_arguments(cfg), "devices": 1, "num_nodes": 1, "strategy": "auto", "sync_batchnorm": False,
+              "logger": False, "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    finder = pl.Trainer(**single, default_root_dir=str(run_dir))
+    Tuner(finder).scale_batch_size(task, datamodule=datamodule, mode="binsearch", init_val=int(datamodule.batch_size))
     return int(datamodule.batch_size)
 
 
@@ -118,8 +154,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     datamodule = build(cfg.data)
     task = build(cfg.task, **datamodule.task_arguments())
     task.preparation = datamodule.preparation()
-    trainer, checkpoint, clock = build_trainer(cfg, run_dir)
-    batch_size = resolve_batch_size(cfg, trainer, task, datamodule)
+    from apps.core.callbacks import SharedBatchSize
+
+    auto_batch = [SharedBatchSize()] if str(cfg.batch_size) == "auto" else []
+    trainer, checkpoint, clock = build_trainer(cfg, run_dir, extra_callbacks=auto_batch)
+    batch_size = resolve_batch_size(cfg, trainer, task, datamodule, run_dir)
     if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
         record_provenance(run_dir)
     last = run_dir / LAST_CHECKPOINT
