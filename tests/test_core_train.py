@@ -179,7 +179,8 @@ def test_cli_prints_its_result_line(chips, tmp_path):
     marker, payload = proc.stdout.strip().splitlines()[-1].split(" ", 1)
     assert marker == "geoscale-result:"
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert json.loads(payload) == {"objective": "test/iou", "value": saved["objective"]["value"], "record": saved}
+    assert json.loads(payload) == {"objective": "test/iou", "value": saved["objective"]["value"], "record": saved,
+                                   "uploaded_to": None}
 
 
 @pytest.mark.slow

@@ -159,8 +159,11 @@ def test_sweep_on_a_volume_not_mounted_here_still_reads_like_a_local_one(tmp_pat
                           "hydra.launcher.output_root_in_pod=/outputs/sweeps", f"hydra.launcher.api_server={server.url}",
                           f"hydra.sweep.dir={sweep}", timeout=120)
     assert done.returncode == 0, done.stderr
-    assert yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text()) == ["lr=0.0001"]
-    assert yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())["lr"] == 1e-3
+    # The pod's whole override list, its own included (runs named below its output root, the trainer fit to its GPU).
+    assert yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text()) == [
+        "lr=0.0001", "output_root=/outputs/sweeps", "trainer.devices=1"]
+    saved = yaml.safe_load((sweep / "0" / ".hydra" / "config.yaml").read_text())
+    assert saved["lr"] == 1e-3 and saved["output_root"] == "/outputs/sweeps" and saved["trainer"]["devices"] == 1
     assert json.loads((sweep / "1" / "metrics.json").read_text())["metrics"]["test/f1"] == pytest.approx(0.7)
     summary = (sweep / "summary.md").read_text()
     assert summary.startswith("2 runs: 2 completed") and "0.8000" in summary and "0.6000" in summary

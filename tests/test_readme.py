@@ -63,6 +63,7 @@ def adapt(command: str) -> str | None:
     if "-m data_prep.detection" in command:
         command += " chip.size=128 progress=false"
     command = command.replace("RUN_DIR_OR_CHECKPOINT", "RUN_DIR").replace("path/to/scene", "data/synthetic/scenes/scene_00")
+    command = command.replace("s3://BUCKET/PREFIX/SWEEP/0", "S3_RUN")
     command = command.replace("BEFORE AFTER", "data/synthetic_pairs/areas/area_00/before data/synthetic_pairs/areas/area_00/after")
     command = command.replace("scenes_dir=... polygons=... out_dir=...", "scenes_dir=data/synthetic/scenes "
                               "polygons=data/synthetic/burn_polygons.gpkg out_dir=data/chips/burned_area_synthetic")
@@ -102,7 +103,7 @@ def test_every_readme_command_is_covered():
     commands = readme_commands()
     assert len(commands) > 20
     for command in filter(None, map(adapt, commands)):
-        placeholders = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", command)) - {"RUN_DIR", "SWEEP_DIR", "PWD", "STAC_URL"}
+        placeholders = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", command)) - {"RUN_DIR", "SWEEP_DIR", "PWD", "STAC_URL", "S3_RUN"}
         assert "..." not in command and not placeholders, f"no rule for: {command}"
 
 
@@ -138,6 +139,8 @@ def test_readme_commands_run_as_written(workspace):
                 continue
             if "STAC_URL" in adapted and "STAC_URL" not in run_dirs:
                 run_dirs["STAC_URL"] = stack.enter_context(stac_catalog(workspace))
+            if "S3_RUN" in adapted and "S3_RUN" not in run_dirs:
+                run_dirs["S3_RUN"] = stack.enter_context(uploaded_run(workspace))
             failures += run_one(command, adapted, workspace, run_dirs)
     assert not failures, "\n".join(failures)
     assert read_completed(workspace / run_dirs["RUN_DIR"]) is not None
@@ -169,6 +172,32 @@ def stac_catalog(workspace: Path) -> Iterator[str]:
             gpd.read_file(catalog.polygons).to_file(workspace / "data" / f"{name}.gpkg")
             catalog.serve(stac)
         yield stac.url
+
+
+@contextlib.contextmanager
+def uploaded_run(workspace: Path) -> Iterator[str]:
+    """A local S3 server (moto) holding the burned-area RUN_DIR, as a cluster run's upload.to would;
+    its endpoint and test credentials in the environment while it runs. Yields the run's URL."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from apps.core.storage import upload_run_dir
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {"AWS_ACCESS_KEY_ID": "readme", "AWS_SECRET_ACCESS_KEY": "readme", "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
+    saved = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        boto3.client("s3").create_bucket(Bucket="readme-runs")
+        run_dir = workspace / made_runs(workspace, "burned_area")["RUN_DIR"]
+        yield upload_run_dir(run_dir, "s3://readme-runs/study", relative_to=run_dir.parent.parent)
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key) if value is None else os.environ.update({key: value})
+        server.stop()
 
 
 def made_runs(workspace: Path, app: str) -> dict[str, Path]:

@@ -1,10 +1,13 @@
-"""Copy finished run directories to object storage (S3 and S3-compatible) or a local path."""
+"""Copy finished run directories to object storage (S3 and S3-compatible) or a local path, and fetch
+files of one back."""
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from pathlib import Path
+from typing import Sequence
 
 from apps.foundation.errors import InputError, one_line
 from apps.foundation.files import TEMPORARY_NAME_PATTERN
@@ -83,3 +86,58 @@ def _files_to_upload(run_dir: Path) -> list[Path]:
         for file_name in file_names
         if not fnmatch.fnmatch(file_name, TEMPORARY_NAME_PATTERN)
     ]
+
+
+def is_url(location: str) -> bool:
+    """Whether ``location`` is an fsspec URL (``s3://...``) rather than a local path."""
+    return bool(re.match(r"^[a-z][a-z0-9+.-]*://", location)) and not location.startswith("file://")
+
+
+def fetch_run_files(url: str, names: Sequence[str], into: str | os.PathLike, storage_options: dict | None = None,
+                    optional: Sequence[str] = ()) -> Path:
+    """Copy the files ``names`` (paths relative to the run directory at fsspec ``url``) into ``into``,
+    keeping their relative paths; a file already there is not fetched again. ``optional`` names may
+    be missing. Each file appears complete or not at all. Credentials come from the usual places
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``; ``AWS_ENDPOINT_URL`` for an
+    S3-compatible store).
+
+    Raises InputError, one line naming the URL: no such file there, missing credentials, an
+    unreachable store.
+    """
+    from fsspec.core import url_to_fs
+
+    from apps.foundation.files import atomic_path
+
+    into = Path(into)
+    url = url.rstrip("/")
+    try:
+        filesystem, root = url_to_fs(url, **(storage_options or {}))
+        for name in names:
+            target = into / name
+            if target.is_file():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with atomic_path(target) as tmp:
+                    filesystem.get(f"{root}/{name}", str(tmp))
+            except FileNotFoundError:
+                if name in optional:
+                    continue
+                raise InputError(f"{url}: no {name} there (not a finished geoscale run directory?)") from None
+    except InputError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every fsspec backend raises its own types
+        if _caused_by(error, "NoCredentialsError"):
+            raise InputError(f"{url}: no credentials for the object store (set AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+        raise InputError(f"cannot read {url}: {type(error).__name__}: {one_line(error)}") from None
+    return into
+
+
+def _caused_by(error: BaseException | None, class_name: str) -> bool:
+    """Whether ``error`` or an error behind it is of a class named ``class_name`` (any library's)."""
+    while error is not None:
+        if type(error).__name__ == class_name:
+            return True
+        error = error.__cause__ or error.__context__
+    return False

@@ -17,7 +17,8 @@ from apps.foundation.errors import InputError
 from apps.core.runinfo import peak_memory, record_provenance
 from apps.foundation.files import atomic_write_text
 from apps.foundation.rundir import (
-    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed, write_metrics,
+    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed,
+    read_upload_record, write_metrics, write_upload_record,
 )
 
 log = logging.getLogger(__name__)
@@ -216,14 +217,15 @@ def _upload(cfg: DictConfig, run_dir: Path) -> None:
     relative_to = root if here.is_relative_to(root) else here.parent
     options = OmegaConf.to_container(cfg.upload.storage_options, resolve=True)
     url = upload_run_dir(run_dir, destination, options, relative_to=relative_to)
-    atomic_write_text(run_dir / UPLOAD_RECORD, json.dumps({"uploaded_to": url}))
+    write_upload_record(run_dir, url)
     log.info("copied %s to %s", run_dir, url)
 
 
 def hydra_task(cfg: DictConfig) -> float:
     """The Hydra task function of every training app: train into Hydra's output directory.
 
-    Also prints ``geoscale-result: {"objective": ..., "value": ..., "record": <metrics.json>}`` as
+    Also prints ``geoscale-result: {"objective": ..., "value": ..., "record": <metrics.json>, "uploaded_to":
+    <url or null>}`` as
     the last line (from global rank zero only), so a launcher that sees only the process's output (a
     pod log) gets the value that a local sweeper gets, and the run's record.
     """
@@ -234,6 +236,7 @@ def hydra_task(cfg: DictConfig) -> float:
     run_dir = HydraConfig.get().runtime.output_dir
     value = train(cfg, run_dir)
     if getattr(rank_zero_only, "rank", 0) == 0:  # distributed runs: the global rank-zero process only
-        result = {"objective": str(cfg.objective), "value": value, "record": read_completed(Path(run_dir))}
+        result = {"objective": str(cfg.objective), "value": value, "record": read_completed(Path(run_dir)),
+                  "uploaded_to": read_upload_record(run_dir)}
         print(f"{RESULT_MARKER} {json.dumps(result, default=float)}", flush=True)
     return value

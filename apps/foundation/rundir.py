@@ -57,6 +57,19 @@ def write_metrics(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     return path
 
 
+def write_upload_record(run_dir: str | os.PathLike, url: str) -> Path:
+    """Record where the run directory was copied (``upload.json``)."""
+    path = Path(run_dir) / UPLOAD_RECORD
+    atomic_write_text(path, json.dumps({"uploaded_to": url}))
+    return path
+
+
+def read_upload_record(run_dir: str | os.PathLike) -> str | None:
+    """Where the run directory was copied, or None."""
+    path = Path(run_dir) / UPLOAD_RECORD
+    return json.loads(path.read_text())["uploaded_to"] if path.is_file() else None
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint to load: ``path`` itself if it is a file, or for a run directory its best
     checkpoint (as metrics.json records it), else its last one. InputError if there is none."""

@@ -1,8 +1,14 @@
-"""python -m apps.reproduce RUN_DIR [--evaluate] [--out DIR]
+"""python -m apps.reproduce RUN [--evaluate] [--out DIR] [--cache DIR] [KEY=VALUE ...]
 
 Re-run a saved run from its own config. With --evaluate, test the saved best checkpoint again on
 the test split and print the new metrics beside the saved ones; without it, train again from the
 saved config into a new run directory and compare the two runs' metrics.
+
+RUN is a run directory (local, or on a mounted outputs volume), or the URL of one (s3://bucket/...,
+credentials from the usual AWS_* variables): only what is needed is fetched (config, record, and for
+--evaluate the best checkpoint) into --cache. A local copy of a cluster sweep point, whose checkpoint
+stayed on the cluster, gets it from where the pod uploaded the run. KEY=VALUE settings replace the
+saved ones (data.root=<local copy of the dataset>, trainer.accelerator=cpu).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError, one_line
 
 
 def load_run(run_dir: Path):
@@ -41,7 +47,8 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
 
     checkpoint = run_dir / record["facts"]["best_checkpoint"]
     if not checkpoint.is_file():
-        raise InputError(f"run directory {run_dir}: best checkpoint {checkpoint.name} is missing")
+        raise InputError(f"run directory {run_dir}: best checkpoint {checkpoint.name} is missing (a cluster run "
+                         f"keeps it on the outputs volume or at upload.to: pass that directory or its URL)")
     # The checkpoint replaces every weight: no pretrained file is needed.
     for name, value in get_class(cfg.task._target_).CHECKPOINT_OVERRIDES.items():
         cfg.task[name] = value
@@ -85,29 +92,68 @@ def comparison_table(saved: dict[str, float], new: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def stage_run(source: str, cache: Path, evaluate: bool) -> Path:
+    """The local run directory of ``source``: itself, or for a URL its fetched files under ``cache``.
+    With ``evaluate``, its best checkpoint too, from where the run was uploaded when it is not here."""
+    from apps.core.storage import fetch_run_files, is_url
+    from apps.foundation.rundir import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, read_completed, read_upload_record
+
+    if is_url(source):
+        remote, run_dir = source, cache / source.split("://", 1)[1].strip("/")
+        fetch_run_files(remote, [CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE], run_dir, optional=[OVERRIDES_FILE])
+    else:
+        remote, run_dir = None, Path(source)
+        if not run_dir.is_dir():
+            raise InputError(f"run directory {run_dir}: not found")
+    record = read_completed(run_dir)
+    if evaluate and record is not None:
+        best = record["facts"]["best_checkpoint"]
+        remote = remote or read_upload_record(run_dir)
+        if not (run_dir / best).is_file() and remote:
+            fetch_run_files(remote, [best], run_dir)
+    return run_dir
+
+
+def apply_settings(cfg, settings: list[str]) -> None:
+    """``KEY=VALUE`` settings into the saved config; InputError for a malformed one or an unknown key."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+            raise InputError(f"{setting}: not KEY=VALUE of a key the saved config has")
+        OmegaConf.update(cfg, key, yaml.safe_load(value))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m apps.reproduce", description=__doc__.split("\n\n")[1])
-    parser.add_argument("run_dir", type=Path, help="a completed run directory")
+    parser.add_argument("run", help="a completed run directory, or its URL (s3://bucket/prefix/...)")
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="settings that replace the saved ones")
     parser.add_argument("--evaluate", action="store_true", help="re-test the saved best checkpoint only")
-    parser.add_argument("--out", type=Path, help="where a re-training writes its run (default: beside RUN_DIR)")
+    parser.add_argument("--out", type=Path, help="where a re-training writes its run (default: beside RUN)")
+    parser.add_argument("--cache", type=Path, default=Path("outputs/reproduce"),
+                        help="where the files of a RUN URL are fetched (default: outputs/reproduce)")
     args = parser.parse_args(argv)
     try:
         from apps.foundation.cli import register_resolvers
 
         register_resolvers()
-        cfg, record = load_run(args.run_dir)
+        run_dir = stage_run(args.run, args.cache, args.evaluate)
+        cfg, record = load_run(run_dir)
+        apply_settings(cfg, args.settings)
         if args.evaluate:
-            new = evaluate(cfg, record, args.run_dir)
+            new = evaluate(cfg, record, run_dir)
             saved = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
-            print(f"re-evaluated {args.run_dir / record['facts']['best_checkpoint']}")
+            print(f"re-evaluated {run_dir / record['facts']['best_checkpoint']}")
         else:
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-            out = args.out or args.run_dir.parent / f"{args.run_dir.name}-reproduced-{stamp}"
-            new = retrain(cfg, out, args.run_dir)
+            out = args.out or run_dir.parent / f"{run_dir.name}-reproduced-{stamp}"
+            new = retrain(cfg, out, run_dir)
             saved = record["metrics"]
             print(f"re-trained into {out}")
     except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return CONFIG_ERROR_EXIT_CODE
     print(comparison_table(saved, new))
     print(json.dumps({"saved": saved, "new": new}))

@@ -63,6 +63,7 @@ class Outcome:
     value: Any = None
     reason: str = ""
     record: dict[str, Any] | None = None  # the run's metrics.json, when its pod printed it
+    uploaded_to: str | None = None  # where the pod copied its run directory (upload.to), when it did
 
 
 def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
@@ -285,7 +286,8 @@ class SweepRun:
                   if (pod.metadata.annotations or {}).get(COMPLETION_INDEX_ANNOTATION, "0") == "0"]
         log = self._save_log(point, (leader or succeeded or [None])[-1])
         result = read_result(log) or {}
-        return Outcome(completed=True, value=result.get("value"), record=result.get("record"))
+        return Outcome(completed=True, value=result.get("value"), record=result.get("record"),
+                       uploaded_to=result.get("uploaded_to"))
 
     def _failed(self, point: SweepPoint, condition: client.V1JobCondition) -> Outcome:
         pods = self._pods(point)

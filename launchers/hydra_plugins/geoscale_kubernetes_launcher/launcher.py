@@ -18,13 +18,15 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from apps.foundation.errors import RemoteRunFailed
 
-from .manifests import job_name, render_point, sweep_id
+from .manifests import job_name, render_point, sweep_id, trainer_overrides
 
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "manifests"
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 """libyaml's dumper where PyYAML has it: several times the pure-Python one's speed, for large sweeps."""
+OUTPUT_ROOT_KEY = "output_root"
+"""The run layout's root setting (conf/run.yaml); a pod's is the parent of its sweep on the shared volume."""
 LAUNCH_SUMMARY = "Kubernetes launcher:"
 """Starts the log line giving each batch's points and the launcher's own wall time."""
 
@@ -35,7 +37,8 @@ class PointFailed(RemoteRunFailed):
 
 @dataclass
 class SweepPoint:
-    """One sweep point: its job number, overrides, composed config, local run dir and manifests."""
+    """One sweep point: its job number, overrides, composed config, local run dir and manifests;
+    ``pod_overrides``: the overrides its pod runs with beyond ``overrides`` (output root, trainer fit)."""
 
     num: int
     overrides: list[str]
@@ -43,6 +46,7 @@ class SweepPoint:
     run_dir: Path
     name: str
     manifests: list[dict[str, Any]]
+    pod_overrides: list[str]
 
 
 def app_module(settings: dict[str, Any]) -> str:
@@ -66,7 +70,8 @@ def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
 def save_hydra_files(point: SweepPoint) -> None:
     """The point's ``.hydra/`` files in its local run dir, as Hydra writes them (config.yaml,
     hydra.yaml, overrides.yaml), unless there already: with the metrics record that comes back
-    from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce)."""
+    from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce).
+    They hold what the pod ran: its own overrides (``pod_overrides``) are applied and listed too."""
     from apps.foundation.files import atomic_write_text
 
     subdir = point.config.hydra.output_subdir
@@ -75,6 +80,11 @@ def save_hydra_files(point: SweepPoint) -> None:
     hydra_dir = point.run_dir / str(subdir)
     hydra_dir.mkdir(parents=True, exist_ok=True)
     config = point.config
+    with open_dict(config):
+        for override in point.pod_overrides:
+            key, value = override.split("=", 1)
+            OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
+        config.hydra.overrides.task = [*config.hydra.overrides.task, *point.pod_overrides]
     files = {"config.yaml": lambda: OmegaConf.to_container(task_part(config), enum_to_str=True),
              "hydra.yaml": lambda: {"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)},
              "overrides.yaml": lambda: OmegaConf.to_container(config.hydra.overrides.task)}
@@ -158,7 +168,7 @@ class KubernetesLauncher(Launcher):
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from apps.foundation.rundir import read_completed, write_metrics
+        from apps.foundation.rundir import read_completed, write_metrics, write_upload_record
 
         assert self.config is not None and self.hydra_context is not None
         began = time.perf_counter()
@@ -199,6 +209,8 @@ class KubernetesLauncher(Launcher):
                     log.error("#%d failed: %s", point.num, outcome.reason)
                 elif outcome.record is not None and read_completed(point.run_dir) is None:
                     write_metrics(point.run_dir, outcome.record)  # the pod's run dir is on a volume not mounted here
+                    if outcome.uploaded_to:  # where reproduce finds what stayed on that volume
+                        write_upload_record(point.run_dir, outcome.uploaded_to)
                 returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
                                       else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
         log.info("%s %d points (%d launched) in %.2f s", LAUNCH_SUMMARY, len(points), len(to_run),
@@ -216,11 +228,18 @@ class KubernetesLauncher(Launcher):
         pod_root = self.settings["output_root_in_pod"] or str(sweep_dir.parent)
         pod_run_dir = f"{pod_root.rstrip('/')}/{sweep_dir.name}/{subdir}"
         app = str(config.hydra.job.name)
+        trains = "trainer" in config
         task_overrides = filter_overrides(list(overrides))
+        given = {override.split("=", 1)[0].lstrip("+~") for override in task_overrides}
+        if OUTPUT_ROOT_KEY in config and OUTPUT_ROOT_KEY not in given:
+            # Runs are named below the output root where they are copied (upload.to): <sweep>/<num>, as here.
+            task_overrides.append(f"{OUTPUT_ROOT_KEY}={pod_root}")
+        fitted = trainer_overrides(self.settings, task_overrides) if trains else []
         return SweepPoint(num=num, overrides=list(overrides), config=config, run_dir=sweep_dir / subdir,
                           name=job_name(app, sweep, num),
                           manifests=render_point(self.settings, app, sweep, num, app_module(self.settings),
-                                                 task_overrides, pod_run_dir, trains="trainer" in config))
+                                                 task_overrides, pod_run_dir, trains=trains),
+                          pod_overrides=task_overrides[len(filter_overrides(list(overrides))):] + fitted)
 
     def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:
         """The point's JobReturn: ``cfg`` its config without the hydra node, ``hydra_cfg`` the whole config."""
