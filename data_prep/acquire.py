@@ -372,9 +372,9 @@ def _exit(exc: Exception, code: int) -> None:
 
 def main() -> None:
     """Command-line entry: bad input or config exits 2, a failing server 1, items not online 3; each one line."""
-    from apps.foundation.cli import run_hydra_app
+    from apps.foundation.cli import record_stage, run_hydra_app
 
-    run_hydra_app(_hydra_task, "prep_acquire")
+    run_hydra_app(record_stage(_hydra_task), "prep_acquire")
 
 
 if __name__ == "__main__":

@@ -648,9 +648,9 @@ def _hydra_task(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Command-line entry: bad input or config prints one line ``error: ...`` and exits 2."""
-    from apps.foundation.cli import run_hydra_app
+    from apps.foundation.cli import record_stage, run_hydra_app
 
-    run_hydra_app(_hydra_task, "prep_detection")
+    run_hydra_app(record_stage(_hydra_task), "prep_detection")
 
 
 if __name__ == "__main__":

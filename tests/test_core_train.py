@@ -48,6 +48,14 @@ def test_run_directory_contract(chips, tmp_path):
     assert (run_dir / "test_examples.png").stat().st_size > 1000
     # The synthetic discs are easy: two epochs already separate them better than chance.
     assert value > 0.3
+    # Imagery fed to the network: two epochs of training and validation chips, then the test chips (3 x 32 x 32 float32).
+    from apps.core.config import build
+
+    datamodule = build(tiny_cfg(chips).data)
+    datamodule.setup("fit"), datamodule.setup("test")
+    sizes = {split: len(dataset) for split, dataset in datamodule.splits.items()}
+    assert facts["images_processed"] == 2 * (sizes["train"] + sizes["val"]) + sizes["test"]
+    assert facts["imagery_bytes"] == facts["images_processed"] * 3 * 32 * 32 * 4
 
 
 @pytest.mark.slow

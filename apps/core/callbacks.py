@@ -100,3 +100,47 @@ class SharedBatchSize(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         datamodule = trainer.datamodule
         datamodule.batch_size = int(trainer.strategy.broadcast(int(datamodule.batch_size), src=0))
+
+
+class ImageryCounter(pl.Callback):
+    """The images a run feeds its network (training, validation and test; change pairs count two) and
+    their bytes as the network receives them, on this rank; :meth:`totals` sums every rank's. The counts
+    are saved in checkpoints, so a resumed run goes on counting."""
+
+    IMAGE_KEYS = ("image", "before", "after")
+
+    def __init__(self) -> None:
+        self.images = 0
+        self.bytes = 0
+
+    def _count(self, trainer: pl.Trainer, batch: Any) -> None:
+        if trainer.sanity_checking or not isinstance(batch, dict):
+            return
+        for key in self.IMAGE_KEYS:
+            value = batch.get(key)
+            tensors = value if isinstance(value, (list, tuple)) else [] if value is None else list(value)
+            self.images += len(tensors)
+            self.bytes += sum(t.numel() * t.element_size() for t in tensors)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._count(trainer, batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._count(trainer, batch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"images": self.images, "bytes": self.bytes}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.images, self.bytes = int(state_dict["images"]), int(state_dict["bytes"])
+
+    def totals(self, trainer: pl.Trainer) -> tuple[int, int]:
+        """(images, bytes) over every rank; every rank must call it (a collective)."""
+        import torch
+
+        counts = torch.tensor([self.images, self.bytes], dtype=torch.float64, device=trainer.strategy.root_device)
+        summed = trainer.strategy.reduce(counts, reduce_op="sum")
+        return int(summed[0]), int(summed[1])

@@ -183,13 +183,13 @@ def to_markdown(report: SweepReport) -> str:
         ("status", list(table["status"]), False),
         *((key, cells(key, _format_value), pd.api.types.is_numeric_dtype(table[key]))
           for key in report.hyperparameters),
-        *((name, cells(name, _format_float), True) for name in report.metrics),
+        *((name, cells(name, format_float), True) for name in report.metrics),
         ("parameters", cells("parameters", "{:,}".format), True),
-        ("wall time (s)", cells("wall_time_s", _format_float), True),
-        *([("GPU-hours", cells("gpu_hours", _format_float), True)] if table["gpu_hours"].notna().any() else []),
+        ("wall time (s)", cells("wall_time_s", format_float), True),
+        *([("GPU-hours", cells("gpu_hours", format_float), True)] if table["gpu_hours"].notna().any() else []),
         (memory_header, memory, True),
     ]
-    return "\n\n".join(paragraphs + [_pipe_table(columns)]) + "\n"
+    return "\n\n".join(paragraphs + [pipe_table(columns)]) + "\n"
 
 
 def plot_sweep(report: SweepReport, path: str | os.PathLike | None = None) -> Path:
@@ -375,7 +375,7 @@ def _format_value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _format_float(value: float) -> str:
+def format_float(value: float) -> str:
     """4 significant digits (0.7123, 73.20), whole numbers from 10,000 up."""
     return f"{value:.0f}" if abs(value) >= 1e4 else f"{value:#.4g}".rstrip(".")
 
@@ -394,7 +394,7 @@ def _format_bytes(size: int) -> str:
     return f"{amount:.3g} {unit}" if amount < 1000 else f"{amount:.0f} {unit}"
 
 
-def _pipe_table(columns: list[tuple[str, list[str], bool]]) -> str:
+def pipe_table(columns: list[tuple[str, list[str], bool]]) -> str:
     """A GitHub pipe table from (header, cells, right-aligned) columns, padded to align."""
     escaped = [
         ([header.replace("|", r"\|")] + [cell.replace("|", r"\|") for cell in cells], right)

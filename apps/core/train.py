@@ -155,10 +155,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     datamodule = build(cfg.data)
     task = build(cfg.task, **datamodule.task_arguments())
     task.preparation = datamodule.preparation()
-    from apps.core.callbacks import SharedBatchSize
+    from apps.core.callbacks import ImageryCounter, SharedBatchSize
 
+    imagery = ImageryCounter()
     auto_batch = [SharedBatchSize()] if str(cfg.batch_size) == "auto" else []
-    trainer, checkpoint, clock = build_trainer(cfg, run_dir, extra_callbacks=auto_batch)
+    trainer, checkpoint, clock = build_trainer(cfg, run_dir, extra_callbacks=[imagery, *auto_batch])
     batch_size = resolve_batch_size(cfg, trainer, task, datamodule, run_dir)
     if trainer.is_global_zero:  # one process of a distributed run writes the run directory's records
         record_provenance(run_dir)
@@ -172,6 +173,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     except MisconfigurationException as exc:
         raise InputError(f"trainer/callbacks config: {exc}") from None
 
+    images, imagery_bytes = imagery.totals(trainer)
     metrics = {k: float(v) for k, v in tested.items()}
     if checkpoint.best_model_score is not None:
         metrics[str(cfg.monitor)] = float(checkpoint.best_model_score)
@@ -194,6 +196,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             **_device_facts(trainer),
             "precision": str(trainer.precision),
             "batch_size": batch_size,
+            "images_processed": images,
+            "imagery_bytes": imagery_bytes,
             "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute() else best),
             "seed": int(cfg.seed),
         },
