@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from apps.foundation.cli import CONF_DIR
 from apps.foundation.errors import InputError
 
-CATALOGUE_FILE = Path(CONF_DIR) / "weights_catalogue.yaml"
-"""Name -> url, file, sha256, trained_on, part of each checkpoint."""
+CATALOGUE_FILE = Path(os.environ.get("GEOSCALE_WEIGHTS_CATALOGUE") or Path(CONF_DIR) / "weights_catalogue.yaml")
+"""Name -> url, file, sha256, trained_on, part of each checkpoint: conf/weights_catalogue.yaml, or the file
+that ``$GEOSCALE_WEIGHTS_CATALOGUE`` names (a site's own mirror of the checkpoints)."""
 
 
 @dataclass(frozen=True)

@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where a re-training writes its run (default: beside RUN)")
     parser.add_argument("--cache", type=Path, default=Path("outputs/reproduce"),
                         help="where the files of a RUN URL are fetched (default: outputs/reproduce)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         from apps.foundation.cli import register_resolvers
 

@@ -132,6 +132,73 @@ class JobRun:
     succeeded_indexes: set = field(default_factory=set)
 
 
+MOUNT_SCRIPT = r"""
+set -e
+image="$1"; workdir="$2"; shift 2
+if [ -n "$image" ]; then mkdir -p "$workdir" && mount --bind "$image" "$workdir"; fi
+while [ "$1" != "--" ]; do
+  kind="$1"; source="$2"; target="$3"; mode="$4"; shift 4
+  mkdir -p "$target"
+  if [ "$kind" = tmpfs ]; then mount -t tmpfs -o "size=$source" tmpfs "$target"
+  else mkdir -p "$source" && mount --bind "$source" "$target"; fi
+  if [ "$mode" = ro ]; then mount -o remount,bind,ro "$target"; fi
+done
+shift
+cd "$workdir"
+exec "$@"
+"""
+"""Run in a private mount namespace: binds the image root at the working directory, then each volume at its
+mount path (read-only ones remounted so), then runs the container's command there."""
+
+
+@dataclass
+class Kubelet:
+    """Runs each pod's container as a kubelet would on its node: in a private mount namespace
+    (``unshare``, which needs root), with the image's filesystem (``image_root``, e.g. the repository
+    a Docker image would hold) bound at the container's ``workingDir``, each persistentVolumeClaim's
+    directory (``claims``: claim name -> host directory) bound at its ``mountPath`` and remounted
+    read-only where the mount says ``readOnly``, and each memory emptyDir a private tmpfs; the command
+    runs in ``workingDir``. A mount path missing here is made as an empty directory, as a kubelet makes
+    it in a container's root. So what would fail on a cluster for a path or a mount fails here too.
+    """
+
+    claims: dict
+    image_root: Path | None = None
+
+    @staticmethod
+    def available() -> bool:
+        """Whether this machine lets this process make a private mount namespace with bind mounts."""
+        import shutil
+        import tempfile
+
+        if shutil.which("unshare") is None:
+            return False
+        with tempfile.TemporaryDirectory() as target:
+            probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                    f"mount --bind {target} {target} && mount -o remount,bind,ro {target}"],
+                                   capture_output=True)
+        return probe.returncode == 0
+
+    def command(self, pod_spec: dict, container: dict, argv: list[str]) -> list[str]:
+        """``argv`` wrapped to run with the pod's mounts; KeyError names a claim that has no directory."""
+        volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+        mounts = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes[mount["name"]]
+            mode = "ro" if mount.get("readOnly") else "rw"
+            if "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                if claim not in self.claims:
+                    raise KeyError(f"persistentVolumeClaim {claim!r} has no directory on this node")
+                mounts += ["bind", str(self.claims[claim]), mount["mountPath"], mode]
+            elif "emptyDir" in volume:
+                mounts += ["tmpfs", str(volume["emptyDir"].get("sizeLimit") or "64Mi").replace("i", ""),
+                           mount["mountPath"], mode]
+        workdir = container.get("workingDir") or "/"
+        return ["unshare", "--mount", "--propagation", "private", "sh", "-c", MOUNT_SCRIPT, "kubelet",
+                str(self.image_root or ""), workdir, *mounts, "--", *argv]
+
+
 class KubeStandIn:
     """A Kubernetes API server stand-in with a job controller that runs pods as local processes.
 
@@ -140,14 +207,16 @@ class KubeStandIn:
     do not run; they succeed at once with the log line ``geoscale-result: <result(job)>``.
     A container command ``python``/``python3`` runs with this interpreter. Indexed Job pods get
     their hostnames, and the names cluster DNS would give them behind a headless Service are
-    handed to their processes as 127.0.0.1. retry_delay_s: pause
+    handed to their processes as 127.0.0.1. kubelet: run each pod with its volumes, in its working
+    directory, as :class:`Kubelet` says (else in ``workdir``, with no mounts). retry_delay_s: pause
     before a failed pod is replaced. history_limit: watch events kept; a watch from before them gets 410.
     """
 
     def __init__(self, workdir: str | Path = ".", secrets: dict | None = None, instant_pods: bool = False,
                  result: Callable[[dict], dict] = lambda job: {"objective": "val_iou", "value": 0.5},
-                 retry_delay_s: float = 0.0, history_limit: int = 100_000):
+                 retry_delay_s: float = 0.0, history_limit: int = 100_000, kubelet: Kubelet | None = None):
         self.workdir = Path(workdir)
+        self.kubelet = kubelet
         self.secrets = secrets or {}
         self.instant_pods = instant_pods
         self.result = result
@@ -499,7 +568,7 @@ class KubeStandIn:
             log.append(f"geoscale-result: {json.dumps(self.result(job))}\n".encode())
             exit_code = 0
         else:
-            exit_code = self._run_process(run, container, pod_name, index, log)
+            exit_code = self._run_process(run, container, pod_name, index, log, job["spec"]["template"]["spec"])
         terminated = dict(running, ready=False, started=False, state={"terminated": {
             "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
             "startedAt": started, "finishedAt": now_rfc3339()}})
@@ -507,11 +576,18 @@ class KubeStandIn:
                          containerStatuses=[terminated])
         return exit_code
 
-    def _run_process(self, run: JobRun, container: dict, pod_name: str, index: int, log: list[bytes]) -> int:
+    def _run_process(self, run: JobRun, container: dict, pod_name: str, index: int, log: list[bytes],
+                     job_pod_spec: dict) -> int:
         env = self._container_env(container, run, pod_name, index)
         argv = [expand_env_references(arg, env) for arg in [*container.get("command", []), *container.get("args", [])]]
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
+        if self.kubelet is not None:
+            try:
+                argv = self.kubelet.command(job_pod_spec, container, argv)
+            except KeyError as error:
+                log.append(f"failed to mount the volumes of container {container['name']!r}: {error}\n".encode())
+                return 128
         try:
             process = subprocess.Popen(argv, cwd=self.workdir, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
