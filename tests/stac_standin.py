@@ -383,6 +383,14 @@ class StacStandin:
             self._items[item_id] = item
         return copy.deepcopy(item)
 
+    def serve_files(self, files: Mapping[str, Path]) -> dict[str, str]:
+        """Serve plain files (name -> local path; pretrained checkpoints, say) with the assets' byte ranges and
+        faults, outside any searchable collection item; returns name -> URL."""
+        item = {"type": "Feature", "stac_version": "1.0.0", "id": "files", "collection": self.collections[0],
+                "geometry": None, "properties": {"datetime": "2021-01-01T00:00:00Z"},
+                "assets": {name: {"href": "", "type": "application/octet-stream"} for name in files}}
+        return {name: asset["href"] for name, asset in self.add_item(item, files)["assets"].items()}
+
     # -- faults --------------------------------------------------------------------------------
     def fail(self, route: str, status: int, times: int = 1, retry_after: int | None = None) -> None:
         """The next ``times`` requests to ``route`` (one of ROUTE_NAMES: landing, conformance, collections,

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
+from unittest import mock
 
 import pytest
 
@@ -35,6 +36,8 @@ SET_UP_AND_TESTS = ("bash scripts/setup.sh && bash scripts/main_job.sh",
 """The README's first two commands: CI runs the second; the main job runs below without the set-up."""
 DETECTION_SET_UP = "bash scripts/setup.sh --detection"
 """Part of the test command's set-up (``--dev`` includes the detection stack), so CI runs it too."""
+REHEARSAL = "bash scripts/rehearse_study.sh"
+"""Run as written by tests/test_rehearsal.py (minutes: not twice)."""
 
 
 def readme_commands() -> list[str]:
@@ -51,7 +54,7 @@ def readme_commands() -> list[str]:
 
 def adapt(command: str) -> str | None:
     """The command as the test runs it, or None for the set-up lines that CI itself runs."""
-    if command in SET_UP_AND_TESTS or command == DETECTION_SET_UP:
+    if command in SET_UP_AND_TESTS or command == DETECTION_SET_UP or command == REHEARSAL:
         return None
     if command.startswith("bash scripts/"):
         extra = (TINY_TRAINING + " trainer.limit_train_batches=2" if "main_job" in command
@@ -198,10 +201,7 @@ def weights_server(workspace: Path) -> Iterator[Path]:
         files[checkpoint.name] = folder / checkpoint.file
         files[checkpoint.name].write_bytes(hashlib.shake_256(str(index).encode()).digest(2000))
     with StacStandin() as stac:
-        item = {"type": "Feature", "stac_version": "1.0.0", "id": "weights", "collection": "sentinel-2-l2a",
-                "geometry": None, "properties": {"datetime": "2021-01-01T00:00:00Z"},
-                "assets": {name: {"href": "", "type": "application/octet-stream"} for name in files}}
-        hrefs = {k: a["href"] for k, a in stac.add_item(item, files)["assets"].items()}
+        hrefs = stac.serve_files(files)
         catalogue = {name: {"url": hrefs[name], "file": path.name, "trained_on": real[name].trained_on,
                             "part": real[name].part, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
                      for name, path in files.items()}
@@ -223,15 +223,12 @@ def uploaded_run(workspace: Path) -> Iterator[str]:
     host, port = server.get_host_and_port()
     settings = {"AWS_ACCESS_KEY_ID": "readme", "AWS_SECRET_ACCESS_KEY": "readme", "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_ENDPOINT_URL": f"http://{host}:{port}"}
-    saved = {key: os.environ.get(key) for key in settings}
-    os.environ.update(settings)
     try:
-        boto3.client("s3").create_bucket(Bucket="readme-runs")
-        run_dir = workspace / made_runs(workspace, "burned_area")["RUN_DIR"]
-        yield upload_run_dir(run_dir, "s3://readme-runs/study", relative_to=run_dir.parent.parent)
+        with mock.patch.dict(os.environ, settings):
+            boto3.client("s3").create_bucket(Bucket="readme-runs")
+            run_dir = workspace / made_runs(workspace, "burned_area")["RUN_DIR"]
+            yield upload_run_dir(run_dir, "s3://readme-runs/study", relative_to=run_dir.parent.parent)
     finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
         server.stop()
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import pytest
@@ -40,9 +41,7 @@ def uploaded(s3_env, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("uploaded")
     chips = make_chip_dataset(root / "chips", chips_per_scene=8, size=32)
-    saved = {key: os.environ.get(key) for key in s3_env}
-    os.environ.update(s3_env)
-    try:
+    with mock.patch.dict(os.environ, s3_env):
         run_dir = root / "outputs" / "sweep" / "0"
         overrides = [*TINY_MODEL, f"data.root={chips}", "epochs=1", f"output_root={root / 'outputs'}",
                      f"upload.to=s3://{BUCKET}/sweeps"]
@@ -51,22 +50,14 @@ def uploaded(s3_env, tmp_path_factory):
         OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
         OmegaConf.save(OmegaConf.create(overrides), run_dir / ".hydra" / "overrides.yaml")
         train(cfg, run_dir)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
     url = read_upload_record(run_dir)
     assert url == f"s3://{BUCKET}/sweeps/sweep/0"
     return run_dir, url
 
 
 def reproduce(*args, env: dict) -> "subprocess.CompletedProcess":
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):
         return run_module("apps.reproduce", *args)
-    finally:
-        for key, value in saved.items():
-            os.environ.pop(key) if value is None else os.environ.update({key: value})
 
 
 def one_line(proc) -> str:

@@ -89,6 +89,29 @@ def test_upload_to_s3_keeps_the_sweep_layout(s3, s3_endpoint: str, run_dir: Path
     assert "checkpoints/best.ckpt" in uploaded
 
 
+def test_each_upload_reaches_the_endpoint_its_environment_names(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers in turn, each named only by AWS_ENDPOINT_URL: the second upload must not reuse
+    a filesystem made for the first (which is gone)."""
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    for _ in range(2):
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            host, port = server.get_host_and_port()
+            monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{host}:{port}")
+            client = boto3.client("s3")
+            client.create_bucket(Bucket=BUCKET)
+            upload_run_dir(run_dir, f"s3://{BUCKET}/study")
+            keys = {item["Key"] for item in client.list_objects_v2(Bucket=BUCKET)["Contents"]}
+            assert "study/3/metrics.json" in keys
+        finally:
+            server.stop()
+
+
 def test_default_name_is_the_run_directory_name(s3, s3_endpoint: str, run_dir: Path) -> None:
     assert upload_run_dir(run_dir, f"s3://{BUCKET}", options(s3_endpoint)) == f"s3://{BUCKET}/3"
 
@@ -120,10 +143,8 @@ def test_missing_credentials_are_an_input_error(
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
-    # A new filesystem instance: none cached with the other tests' credentials.
-    fresh = {**options(s3_endpoint), "skip_instance_cache": True}
     with pytest.raises(InputError, match="NoCredentialsError"):
-        upload_run_dir(run_dir, f"s3://{BUCKET}/runs", fresh)
+        upload_run_dir(run_dir, f"s3://{BUCKET}/runs", options(s3_endpoint))
 
 
 @pytest.mark.parametrize("as_url", [False, True], ids=["plain path", "file url"])

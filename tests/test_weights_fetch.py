@@ -27,10 +27,7 @@ def served(tmp_path):
         path.write_bytes(hashlib.shake_256(str(index).encode()).digest(size))
         files[name] = path
     with StacStandin() as stac:
-        item = {"type": "Feature", "stac_version": "1.0.0", "id": "weights", "collection": "sentinel-2-l2a",
-                "geometry": None, "properties": {"datetime": "2021-01-01T00:00:00Z"},
-                "assets": {name: {"href": "", "type": "application/octet-stream"} for name in files}}
-        hrefs = {k: a["href"] for k, a in stac.add_item(item, files)["assets"].items()}
+        hrefs = stac.serve_files(files)
         entries = {name.split("_")[0]: {"url": hrefs[name], "file": name, "trained_on": "coco",
                                        "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
                    for name, path in files.items()}

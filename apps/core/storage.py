@@ -49,10 +49,9 @@ def upload_run_dir(
     marker = run_dir / METRICS_FILE  # last, so that a partial upload reads as an incomplete run
     batches = [[path for path in files if path != marker], [marker] if marker in files else []]
     try:
-        from fsspec.core import url_to_fs
         from fsspec.implementations.local import LocalFileSystem
 
-        filesystem, root = url_to_fs(url, **(storage_options or {}))
+        filesystem, root = _open_filesystem(url, storage_options)
         remote_path = {
             path: f"{root.rstrip('/')}/{path.relative_to(run_dir).as_posix()}" for path in files
         }
@@ -88,6 +87,14 @@ def _files_to_upload(run_dir: Path) -> list[Path]:
     ]
 
 
+def _open_filesystem(url: str, storage_options: dict | None):
+    """The fsspec filesystem and path for ``url``, built afresh: a cached instance would keep the
+    endpoint and credentials of the environment it was first made in."""
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url, skip_instance_cache=True, **(storage_options or {}))
+
+
 def is_url(location: str) -> bool:
     """Whether ``location`` is an fsspec URL (``s3://...``) rather than a local path."""
     return bool(re.match(r"^[a-z][a-z0-9+.-]*://", location)) and not location.startswith("file://")
@@ -104,14 +111,12 @@ def fetch_run_files(url: str, names: Sequence[str], into: str | os.PathLike, sto
     Raises InputError, one line naming the URL: no such file there, missing credentials, an
     unreachable store.
     """
-    from fsspec.core import url_to_fs
-
     from apps.foundation.files import atomic_path
 
     into = Path(into)
     url = url.rstrip("/")
     try:
-        filesystem, root = url_to_fs(url, **(storage_options or {}))
+        filesystem, root = _open_filesystem(url, storage_options)
         for name in names:
             target = into / name
             if target.is_file():

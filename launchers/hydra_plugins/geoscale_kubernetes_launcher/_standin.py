@@ -509,6 +509,8 @@ class KubeStandIn:
         with slots:
             while not run.finished.is_set():
                 pod_name = self._create_pod(run, job, index, phase="Pending")
+                if pod_name is None:  # the Job finished meanwhile
+                    return
                 exit_code = self._run_pod(run, job, pod_name, index)
                 if run.finished.is_set():
                     return
@@ -519,7 +521,8 @@ class KubeStandIn:
                     return
                 time.sleep(self.retry_delay_s)
 
-    def _create_pod(self, run: JobRun, job: dict, index: int, phase: str) -> str:
+    def _create_pod(self, run: JobRun, job: dict, index: int, phase: str) -> str | None:
+        """Add a pod of ``job`` for ``index`` in ``phase``; its name, or None once the Job has finished."""
         template = copy.deepcopy(job["spec"]["template"])
         indexed = job["spec"]["completionMode"] == "Indexed"
         name = f"{run.name[:50]}-{index}-{random_suffix()}" if indexed else f"{run.name[:57]}-{random_suffix()}"
@@ -549,7 +552,7 @@ class KubeStandIn:
                                                  "uid": run.uid, "controller": True, "blockOwnerDeletion": True}]}}
         with self._lock:
             if run.finished.is_set():
-                return name
+                return None
             self._logs[(run.namespace, name)] = []
             self._put("pods", pod, "ADDED")
         return name
