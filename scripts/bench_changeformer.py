@@ -23,7 +23,7 @@ import time
 import torch
 
 from apps.core.config import build, compose_app_config
-from apps.core.precision import cpu_bf16_flags, resolve_precision
+from apps.core.training.precision import cpu_bf16_flags, resolve_precision
 from apps.deforestation.changeformer import build_changeformer_v6
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}

@@ -20,9 +20,9 @@ import pytorch_lightning as pl
 import torch
 
 from apps.core.config import build, compose_app_config
-from apps.core.data import ChipSplit
-from apps.core.precision import resolve_precision
-from apps.core.train import build_trainer
+from apps.core.tasks.data import ChipSplit
+from apps.core.training.precision import resolve_precision
+from apps.core.training.train import build_trainer
 from apps.foundation.chips import ChipDataset
 from data_prep.synthetic_chips import make_chip_dataset
 
@@ -51,7 +51,7 @@ def plain_loop(cfg, steps: int, warmup: int, precision: str) -> dict[str, float]
     import segmentation_models_pytorch as smp
     from torch.utils.data import DataLoader
 
-    from apps.core.segmentation import IMAGENET_MEAN, IMAGENET_STD
+    from apps.core.tasks.segmentation import IMAGENET_MEAN, IMAGENET_STD
 
     pl.seed_everything(0)
     begin = time.perf_counter()

@@ -14,7 +14,7 @@ in fresh processes):
   same chips (``BenchBoxChips``: the model's train transforms, then ``PackDetInputs``; YOLOX's
   mosaic and mixup through ``MultiImageMixDataset`` as its mmdet config does);
 - the core: the app's config (``compose_app_config("detection", [model=..., ...])``), its data module
-  and task built as ``apps.core.train`` builds them and ``build_trainer``'s Trainer (no logger,
+  and task built as ``apps.core.training.train`` builds them and ``build_trainer``'s Trainer (no logger,
   validation or checkpoint; otherwise as the app configures it, ``trainer.deterministic=warn`` included,
   where the Runner keeps its nondeterministic default), in fp32 (``trainer.precision=32-true``) and
   again in the core's default precision (``auto``: bf16-mixed on a CPU with AVX512-BF16 or AMX).
@@ -76,9 +76,9 @@ from mmpretrain.engine.optimizers import LearningRateDecayOptimWrapperConstructo
 from omegaconf import OmegaConf
 
 from apps.core.config import build, compose_app_config
-from apps.core.detection_data import DIHEDRAL, _tuples
-from apps.core.precision import cpu_bf16_flags, resolve_precision
-from apps.core.train import build_trainer
+from apps.detection.data import DIHEDRAL, _tuples
+from apps.core.training.precision import cpu_bf16_flags, resolve_precision
+from apps.core.training.train import build_trainer
 from apps.foundation.chips import ChipDataset, chip_boxes
 from data_prep.detection import DetectionChipSettings, PrepConfig, SceneSplitSettings, prepare
 from data_prep.synthetic_objects import generate_object_scenes
@@ -144,7 +144,7 @@ class BenchBoxChips(BaseDataset):
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
 class BenchBackboneLayerDecay(LearningRateDecayOptimWrapperConstructor):
     """mmpretrain's layer-wise lr decay on a detector: the depths come from its backbone (a detector
-    has no ``get_layer_depth``), as ``apps.core.mmdet_optim.param_groups`` does."""
+    has no ``get_layer_depth``), as ``apps.detection.optim.param_groups`` does."""
 
     def add_params(self, params, module, prefix="", get_layer_depth=None, **kwargs) -> None:
         if get_layer_depth is None and not hasattr(module, "get_layer_depth"):
@@ -295,7 +295,7 @@ def core_run(model: str, root: Path, precision: str, warmup: int, steps: int, ru
 def runner_config(cfg, num_classes: int, iterations: int) -> dict[str, Any]:
     """The Runner's model, optim_wrapper, param_scheduler and custom hooks equivalent to the app's ``cfg``."""
     model = dict(build(cfg.task.network)(num_classes=num_classes))
-    # as apps.core.detection.build_detector: images arrive RGB; a config that wants BGR gets them swapped
+    # as apps.detection.task.build_detector: images arrive RGB; a config that wants BGR gets them swapped
     preprocessor = dict(model.get("data_preprocessor") or {})
     preprocessor.update(bgr_to_rgb=False, rgb_to_bgr=not preprocessor.get("bgr_to_rgb", False))
     model["data_preprocessor"] = preprocessor

@@ -12,7 +12,7 @@ import pytest
 
 from coretools import compose_config
 
-from apps.core.train import train
+from apps.core.training.train import train
 from apps.foundation.rundir import read_completed, resolve_checkpoint
 
 

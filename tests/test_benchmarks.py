@@ -20,7 +20,7 @@ def run_script(name: str, *args: str) -> dict:
 
 @pytest.mark.slow
 def test_changeformer_benchmark_compares_the_default_precision_with_fp32():
-    from apps.core.precision import resolve_precision
+    from apps.core.training.precision import resolve_precision
 
     report = run_script("bench_changeformer.py", "--size", "64", "--repeats", "1", "--warmup", "0")
     assert report["parameters"] == 41_026_674 and report["default_precision"] == resolve_precision("auto", "cpu")

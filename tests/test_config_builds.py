@@ -75,7 +75,7 @@ def test_every_choice_builds(app, group, option, datasets, weights, tmp_path):
     elif group == "trainer":
         if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
             pytest.skip(f"trainer={option} needs a GPU")
-        from apps.core.train import build_trainer
+        from apps.core.training.train import build_trainer
 
         trainer, checkpoint, _ = build_trainer(cfg, tmp_path)
         assert checkpoint.monitor == cfg.monitor and trainer.max_epochs == cfg.epochs

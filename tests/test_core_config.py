@@ -40,7 +40,7 @@ def test_every_group_option_composes(group, app):
 def test_every_optimizer_and_scheduler_builds():
     import torch
 
-    from apps.core.task import BaseTask
+    from apps.core.tasks.base import BaseTask
 
     class Linear(BaseTask):
         def __init__(self, optimizer, scheduler):
@@ -142,7 +142,7 @@ def test_run_directories_never_collide():
 def test_focal_loss_is_softmax_cross_entropy_weighted_by_difficulty():
     import torch
 
-    from apps.core.losses import FocalLoss
+    from apps.core.tasks.losses import FocalLoss
 
     logits = torch.randn(2, 3, 4, 4)
     target = torch.randint(0, 3, (2, 4, 4))

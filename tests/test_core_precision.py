@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from apps.core import precision
-from apps.core.precision import cpu_bf16_flags, resolve_precision
+from apps.core.training import precision
+from apps.core.training.precision import cpu_bf16_flags, resolve_precision
 
 
 def fake_cpu(tmp_path, monkeypatch, flags: str) -> None:

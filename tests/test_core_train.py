@@ -16,7 +16,7 @@ from data_prep.synthetic_chips import make_chip_dataset
 from coretools import REPO, TINY_MODEL, compose_config, run_module
 
 from apps.foundation.errors import InputError
-from apps.core.train import train
+from apps.core.training.train import train
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +221,8 @@ def test_batch_size_auto_trains_with_the_largest_batch_that_fits(chips, tmp_path
     """The GPU path of batch_size=auto, on the CPU: a training step that runs out of "GPU memory" above
     5 chips (the error CUDA raises), Lightning's finder doubling from 2 then bisecting to 5, and the
     run trained and recorded with 4 (5 less the finder's 5% margin, rounded down)."""
-    import apps.core.train as core_train
-    from apps.core.segmentation import SegmentationTask
+    import apps.core.training.train as core_train
+    from apps.core.tasks.segmentation import SegmentationTask
 
     fitting = SegmentationTask.training_step
 
@@ -246,8 +246,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
-import apps.core.train as core_train
-from apps.core.segmentation import SegmentationTask
+import apps.core.training.train as core_train
+from apps.core.tasks.segmentation import SegmentationTask
 
 fitting = SegmentationTask.training_step
 
@@ -305,7 +305,7 @@ def test_gradients_are_released_after_each_step_and_accumulate_between(tmp_path)
     import pytorch_lightning as pl
     import torch
 
-    from apps.core.task import BaseTask
+    from apps.core.tasks.base import BaseTask
 
     class Linear(BaseTask):
         def __init__(self):

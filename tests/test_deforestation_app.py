@@ -12,8 +12,8 @@ import torch
 from coretools import CONF_DIR, compose_config, run_module
 from data_prep.synthetic_chips import make_pair_chip_dataset
 
-from apps.core.precision import resolve_precision
-from apps.core.train import train
+from apps.core.training.precision import resolve_precision
+from apps.core.training.train import train
 from apps.foundation.errors import InputError
 
 FAST = ["batch_size=4", "num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -57,7 +57,7 @@ def test_every_network_trains_and_records_the_change_scores(network, init, pairs
 def test_default_recipe_is_the_studys_best():
     cfg = compose_config("deforestation")
     assert (cfg.lr, cfg.optimizer._target_, cfg.chip_size, list(cfg.data.bands)) == (1e-4, "torch.optim.AdamW", 256, ["nirrg"])
-    assert cfg.loss._target_ == "apps.core.losses.CrossEntropy"
+    assert cfg.loss._target_ == "apps.core.tasks.losses.CrossEntropy"
     assert cfg.model.network._target_.endswith("build_changeformer_v6")
     assert list(cfg.task.supervision_weights) == [0.5, 0.5, 0.5, 0.8, 1.0]
     assert cfg.data.root.endswith("/chips_256") and (cfg.monitor, cfg.objective) == ("val/f1", "test/f1")

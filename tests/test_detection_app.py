@@ -39,7 +39,7 @@ def test_batch_size_auto_on_a_cpu_takes_the_default(tmp_path, caplog):
 
     from omegaconf import OmegaConf
 
-    from apps.core.train import resolve_batch_size
+    from apps.core.training.train import resolve_batch_size
 
     cfg = OmegaConf.create({"batch_size": "auto", "default_batch_size": 3})
     trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=SimpleNamespace(type="cpu")))

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("mmdet", reason="the detection stack is not installed (scripts/setup.sh --detection)")
 
-from apps.core.detection_callbacks import InvalidLossCheck, YOLOXModeSwitch  # noqa: E402
+from apps.detection.callbacks import InvalidLossCheck, YOLOXModeSwitch  # noqa: E402
 from apps.foundation.errors import InputError  # noqa: E402
 
 
@@ -54,8 +54,8 @@ def test_invalid_loss_stops_training_with_the_step():
 @pytest.mark.slow
 def test_moving_average_follows_training_and_is_what_detects(tmp_path):
     from apps.core.config import compose_app_config
-    from apps.core.detection import DetectionTask
-    from apps.core.detection_data import DetectionDataModule
+    from apps.detection.task import DetectionTask
+    from apps.detection.data import DetectionDataModule
     from detectiontools import make_box_dataset
 
     cfg = compose_app_config("detection", ["model=fcos_small"])

@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("mmdet", reason="the detection stack is not installed (scripts/setup.sh --detection)")
 
-from apps.core.coco import ImageDetections, coco_scores  # noqa: E402
-from apps.core.detection import DetectionTask, build_detector, load_weights, read_checkpoint  # noqa: E402
-from apps.core.detection_data import DetectionDataModule  # noqa: E402
+from apps.detection.coco import ImageDetections, coco_scores  # noqa: E402
+from apps.detection.task import DetectionTask, build_detector, load_weights, read_checkpoint  # noqa: E402
+from apps.detection.data import DetectionDataModule  # noqa: E402
 from apps.foundation.errors import InputError  # noqa: E402
 from detectiontools import CLASSES, make_box_dataset, tiny_retinanet  # noqa: E402
 

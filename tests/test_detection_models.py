@@ -12,7 +12,7 @@ import yaml
 from torch import nn
 
 from apps.core.config import build, compose_app_config
-from apps.core.mmdet_optim import build_optimizer, build_schedule, param_groups
+from apps.detection.optim import build_optimizer, build_schedule, param_groups
 from apps.foundation.errors import InputError
 
 MODEL_DIR = Path(__file__).resolve().parents[1] / "conf" / "detection" / "model"
@@ -53,7 +53,7 @@ def test_model_yaml_schema(choice):
 
 
 def test_yolox_train_transforms_build():
-    from apps.core.detection_data import build_transforms
+    from apps.detection.data import build_transforms
 
     assert [type(t).__name__ for t in build_transforms(model_yaml("yolox_x")["train_transforms"])] == [
         "Mosaic", "RandomAffine", "MixUp", "YOLOXHSVRandomAug", "RandomFlip", "Resize", "Pad", "FilterAnnotations"]
@@ -108,7 +108,7 @@ def train_step_and_predict(choice: str, size: int) -> None:
     from mmengine.logging import MessageHub
     from mmengine.structures import InstanceData
 
-    from apps.core.detection import build_detector
+    from apps.detection.task import build_detector
     from apps.detection.models import mmdet_model
 
     torch.manual_seed(0)

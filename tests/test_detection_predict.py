@@ -12,7 +12,7 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from apps.core.detection_predict import detect_scene, merge_detections
+from apps.detection.scene_detection import detect_scene, merge_detections
 
 SQUARES = [(40, 50, 30), (120, 250, 40), (236, 100, 36), (300, 300, 24)]
 """(row, col, side) of white squares on a black scene; the second and third straddle 128 px windows' borders."""

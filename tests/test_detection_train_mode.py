@@ -13,8 +13,8 @@ import pytorch_lightning as pl  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
 
-from apps.core.detection import DetectionTask  # noqa: E402
-from apps.core.detection_data import DetectionDataModule  # noqa: E402
+from apps.detection.task import DetectionTask  # noqa: E402
+from apps.detection.data import DetectionDataModule  # noqa: E402
 from detectiontools import make_box_dataset  # noqa: E402
 
 SGD = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}

@@ -40,7 +40,7 @@ def test_wheel_carries_every_config_file_and_the_launcher(wheel):
     configs = {path.relative_to(REPO).as_posix() for path in (REPO / "conf").rglob("*.yaml")}
     assert configs and configs <= names
     assert "hydra_plugins/geoscale_kubernetes_launcher/launcher.py" in names
-    assert {"apps/burned_area/__main__.py", "data_prep/burned_area.py", "apps/core/train.py"} <= names
+    assert {"apps/burned_area/__main__.py", "data_prep/burned_area.py", "apps/core/training/train.py"} <= names
 
 
 def test_installed_app_composes_away_from_the_source_tree(wheel, tmp_path):

@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from coretools import TINY_MODEL, compose_config, run_module
 
 from apps.burned_area.predict import main
-from apps.core.predict import coverage, output_paths, predict_scene, tent
+from apps.core.prediction.masks import coverage, output_paths, predict_scene, tent
 from apps.foundation.errors import InputError
 
 TINY_NET = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
@@ -137,7 +137,7 @@ def scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     """A run directory of a tiny U-Net trained for one epoch on in-memory disc chips (normalized input)."""
-    from apps.core.train import train
+    from apps.core.training.train import train
     from data_prep.synthetic_chips import make_chip_dataset
 
     root = tmp_path_factory.mktemp("predict_run")

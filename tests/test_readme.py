@@ -216,7 +216,7 @@ def uploaded_run(workspace: Path) -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from apps.core.storage import upload_run_dir
+    from apps.core.runs.storage import upload_run_dir
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()

@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
-from apps.core.report import SweepSummary, find_run_dirs, load_sweep, plot_sweep, to_csv, to_markdown
+from apps.core.runs.report import SweepSummary, find_run_dirs, load_sweep, plot_sweep, to_csv, to_markdown
 from apps.report.__main__ import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_sweep_summary_callback_warns_instead_of_raising(
 ) -> None:
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "missing")}}})
 
-    with caplog.at_level(logging.WARNING, logger="apps.core.report"):
+    with caplog.at_level(logging.WARNING, logger="apps.core.runs.report"):
         SweepSummary(metric="test/iou").on_multirun_end(config=config)
 
     assert "sweep summary not written" in caplog.text and "missing" in caplog.text

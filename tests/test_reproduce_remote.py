@@ -36,7 +36,7 @@ def s3_env(tmp_path_factory):
 @pytest.fixture(scope="module")
 def uploaded(s3_env, tmp_path_factory):
     """A tiny burned-area run trained here with upload.to=s3://study-runs/sweeps: (local run dir, its URL)."""
-    from apps.core.train import train
+    from apps.core.training.train import train
     from apps.foundation.rundir import read_upload_record
 
     root = tmp_path_factory.mktemp("uploaded")

@@ -11,7 +11,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from apps.foundation.errors import InputError
-from apps.core.storage import upload_run_dir
+from apps.core.runs.storage import upload_run_dir
 
 BUCKET = "geoscale-runs"
 #: Fail fast against an unreachable endpoint: one attempt, one-second timeouts.

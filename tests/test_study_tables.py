@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from apps.core.study_tables import TOTAL, load_study, table_i, table_iii, table_v
+from apps.core.runs.study_tables import TOTAL, load_study, table_i, table_iii, table_v
 from apps.report.__main__ import main as report
 
 GB = 1e9

@@ -1,7 +1,7 @@
 """python -m apps.burned_area [overrides]: train burned-area segmentation (-m for a sweep)."""
 
 from apps.foundation.cli import run_hydra_app
-from apps.core.train import hydra_task
+from apps.core.training.train import hydra_task
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from apps.core.data import ChipDataModule
+from apps.core.tasks.data import ChipDataModule
 from apps.foundation.errors import InputError
 
 INPUT_SETS = ("normalized", "tci")

@@ -8,9 +8,9 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from apps.foundation.errors import InputError
-from apps.core.segmentation import SegmentationTask
-from apps.core.task import plain
-from apps.core.weights import find_weights_file, load_encoder_weights
+from apps.core.tasks.segmentation import SegmentationTask
+from apps.core.tasks.base import plain
+from apps.core.tasks.weights import find_weights_file, load_encoder_weights
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 The scene is prepared as the network's training chips were (``input_set`` of the checkpoint):
 "normalized" stretches B04, B03, B02 between this scene's percentiles (data_prep.normalize) with the
 percentiles the training dataset recorded, "tci" takes the scene's TCI as it is. The core
-(apps.core.predict) slides, blends and writes ``OUT.tif`` and ``OUT.geojson`` of the burned class.
+(apps.core.prediction.masks) slides, blends and writes ``OUT.tif`` and ``OUT.geojson`` of the burned class.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.predict import parse_args, recorded_settings, run_prediction
+from apps.core.prediction.masks import parse_args, recorded_settings, run_prediction
 from apps.foundation.errors import InputError
 
 INPUT_BANDS = {"normalized": ("B04", "B03", "B02"), "tci": ("TCI",)}

@@ -1,4 +1,5 @@
-"""Config helpers of the training core: instantiating config nodes and composing app configs."""
+"""Config helpers of the training core: instantiating config nodes, composing app configs, and the
+names that moved (so that older checkpoints and run directories still load)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,51 @@ def compose_app_config(config_name: str, overrides: list[str] | tuple[str, ...] 
     register_resolvers()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name=config_name, overrides=list(overrides))
+
+
+MOVED_MODULES = {
+    "apps.core.detection": "apps.detection.task",
+    "apps.core.detection_data": "apps.detection.data",
+    "apps.core.detection_callbacks": "apps.detection.callbacks",
+    "apps.core.detection_predict": "apps.detection.scene_detection",
+    "apps.core.mmdet_optim": "apps.detection.optim",
+    "apps.core.mmcv_float32": "apps.detection.mmcv_float32",
+    "apps.core.coco": "apps.detection.coco",
+    "apps.core.train": "apps.core.training.train",
+    "apps.core.callbacks": "apps.core.training.callbacks",
+    "apps.core.precision": "apps.core.training.precision",
+    "apps.core.runinfo": "apps.core.training.provenance",
+    "apps.core.task": "apps.core.tasks.base",
+    "apps.core.segmentation": "apps.core.tasks.segmentation",
+    "apps.core.losses": "apps.core.tasks.losses",
+    "apps.core.data": "apps.core.tasks.data",
+    "apps.core.weights": "apps.core.tasks.weights",
+    "apps.core.report": "apps.core.runs.report",
+    "apps.core.study_tables": "apps.core.runs.study_tables",
+    "apps.core.storage": "apps.core.runs.storage",
+}
+"""Modules that older geoscale versions had (old dotted name -> today's), so that the class names their
+checkpoints and saved ``.hydra`` configs hold still load."""
+
+
+def current_name(dotted: str) -> str:
+    """Today's dotted name of a class or function that an older run recorded as ``dotted``."""
+    module, _, name = dotted.rpartition(".")
+    return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else dotted
+
+
+def upgrade_targets(node: Any) -> Any:
+    """``node`` (a config, or plain dicts and lists) with every ``_target_`` renamed by ``current_name``;
+    interpolations are kept unresolved. A DictConfig or ListConfig comes back as one."""
+    from omegaconf import OmegaConf
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: current_name(v) if k == "_target_" and isinstance(v, str) else walk(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    if OmegaConf.is_config(node):
+        return OmegaConf.create(walk(OmegaConf.to_container(node, resolve=False)))
+    return walk(node)

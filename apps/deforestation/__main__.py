@@ -1,6 +1,6 @@
 """python -m apps.deforestation [overrides]: train change detection on Sentinel-2 pairs (-m for a sweep)."""
 
-from apps.core.train import hydra_task
+from apps.core.training.train import hydra_task
 from apps.foundation.cli import run_hydra_app
 
 

@@ -30,7 +30,7 @@ from timm.layers import DropPath, trunc_normal_
 from timm.models import adapt_input_conv
 from torch import nn
 
-from apps.core.weights import read_state_dict
+from apps.core.tasks.weights import read_state_dict
 from apps.foundation.errors import InputError
 
 EMBED_DIMS = (64, 128, 320, 512)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from apps.core.data import ChipDataModule
+from apps.core.tasks.data import ChipDataModule
 from apps.foundation.errors import InputError
 
 #: Band combinations that the prep stores per date, and their channels.

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from apps.core.config import build
-from apps.core.segmentation import SegmentationTask
-from apps.core.task import plain
+from apps.core.tasks.segmentation import SegmentationTask
+from apps.core.tasks.base import plain
 from apps.deforestation.changeformer import ChangeFormerV6, load_mit_encoder
 from apps.deforestation.data import input_channels
 from apps.foundation.errors import InputError

@@ -6,7 +6,7 @@
 The pair is prepared as the training chips were, with the settings the training dataset recorded
 (cloud mask, BOA offset, band combinations, stretch percentiles): AFTER is read onto BEFORE's grid,
 and each band combination the network was trained on is stretched over both dates' valid pixels.
-The core (apps.core.predict) slides, blends and writes ``OUT.tif`` (change mask and probability on
+The core (apps.core.prediction.masks) slides, blends and writes ``OUT.tif`` (change mask and probability on
 BEFORE's grid) and ``OUT.geojson`` (change polygons in EPSG:4326 with their area).
 """
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.predict import parse_args, recorded_settings, run_prediction
+from apps.core.prediction.masks import parse_args, recorded_settings, run_prediction
 from apps.foundation.errors import InputError
 
 SIZE_MULTIPLE = 32

@@ -1,6 +1,6 @@
 """python -m apps.detection [overrides]: train an MMDetection detector on a chip dataset (-m for a sweep)."""
 
-from apps.core.train import hydra_task
+from apps.core.training.train import hydra_task
 from apps.foundation.cli import run_hydra_app
 
 

@@ -14,7 +14,7 @@ import mmdet
 from mmdet.models.dense_heads import SSDHead
 from mmdet.registry import MODELS
 
-from apps.core.task import plain
+from apps.core.tasks.base import plain
 from apps.foundation.errors import InputError
 
 #: The init_cfg types that load a checkpoint (from a URL or the model zoo) when the model initialises.

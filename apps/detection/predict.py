@@ -3,7 +3,7 @@
     python -m apps.detection.predict CHECKPOINT_OR_RUN_DIR SCENE --out OUT [--chip-size 512]
         [--overlap 0.25] [--batch-size 4] [--score-threshold 0.3] [--iou-threshold 0.5] [--device auto|cpu|cuda]
 
-SCENE is an RGB uint8 GeoTIFF, or a PNG/JPEG without georeference. The core (apps.core.detection_predict)
+SCENE is an RGB uint8 GeoTIFF, or a PNG/JPEG without georeference. The core (apps.detection.scene_detection)
 slides overlapping windows, merges their boxes by class-wise NMS and writes ``OUT.geojson`` (the
 scene's CRS), ``OUT.4326.geojson`` (when georeferenced) and ``OUT.coco.json``.
 """
@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from apps.core.detection_predict import detect_scene
-from apps.core.predict import DEVICES, load_task, pick_device
+from apps.detection.scene_detection import detect_scene
+from apps.core.prediction.masks import DEVICES, load_task, pick_device
 from apps.foundation.errors import InputError, exit_with_error
 from apps.foundation.rundir import resolve_checkpoint
 

@@ -10,6 +10,10 @@ A run directory holds::
     test_examples.png                    test chips beside their truth and prediction
     upload.json                          where the run was copied, once it was
     pod.log                              the pod's log tail, for runs launched on Kubernetes
+    reevaluation/                        apps.reproduce's work folder when it tests the saved checkpoint again
+
+A sweep directory holds one run directory per point, ``multirun.yaml`` (Hydra's record of the
+sweep) and ``summary.md`` / ``summary.csv`` (the sweep's table, written when the sweep ends).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_write_text
 
 HYDRA_DIR = ".hydra"
-CONFIG_FILE = f"{HYDRA_DIR}/config.yaml"
-OVERRIDES_FILE = f"{HYDRA_DIR}/overrides.yaml"
+"""Hydra's ``output_subdir`` (its default); the three names below are the files Hydra writes there."""
+CONFIG_NAME, HYDRA_CONFIG_NAME, OVERRIDES_NAME = "config.yaml", "hydra.yaml", "overrides.yaml"
+CONFIG_FILE = f"{HYDRA_DIR}/{CONFIG_NAME}"
+HYDRA_CONFIG_FILE = f"{HYDRA_DIR}/{HYDRA_CONFIG_NAME}"
+OVERRIDES_FILE = f"{HYDRA_DIR}/{OVERRIDES_NAME}"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/last.ckpt"
 BEST_CHECKPOINT_NAME = "best-epoch{epoch:03d}"
@@ -34,6 +41,10 @@ PROVENANCE_FILE = "provenance.json"
 TEST_FIGURE = "test_examples.png"
 UPLOAD_RECORD = "upload.json"
 POD_LOG = "pod.log"
+REEVALUATION_DIR = "reevaluation"
+SWEEP_RECORD = "multirun.yaml"
+SWEEP_SUMMARY_MARKDOWN = "summary.md"
+SWEEP_SUMMARY_CSV = "summary.csv"
 RESULT_MARKER = "geoscale-result:"
 """Prefix of the stdout line that carries a run's result, read back by launchers from pod logs."""
 

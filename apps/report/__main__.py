@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from apps.core import report
+from apps.core.runs import report
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from apps.foundation.files import atomic_write_text
 
@@ -82,7 +82,7 @@ def study_tables(directories: list[str], out: str | None) -> int:
     """Tables III, V and I (those with rows) to stdout, or as Markdown, CSV and a figure into ``out``."""
     from pathlib import Path
 
-    from apps.core import study_tables as tables
+    from apps.core.runs import study_tables as tables
 
     try:
         study = tables.load_study(directories)

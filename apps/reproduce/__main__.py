@@ -26,6 +26,7 @@ def load_run(run_dir: Path):
     """(config, metrics record) of a completed run directory; InputError if it is not one."""
     from omegaconf import OmegaConf
 
+    from apps.core.config import upgrade_targets
     from apps.foundation.rundir import CONFIG_FILE, read_completed
 
     config_path = run_dir / CONFIG_FILE
@@ -34,7 +35,7 @@ def load_run(run_dir: Path):
     record = read_completed(run_dir)
     if record is None:
         raise InputError(f"run directory {run_dir}: no completed metrics.json (the run did not finish)")
-    return OmegaConf.load(config_path), record
+    return upgrade_targets(OmegaConf.load(config_path)), record
 
 
 def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
@@ -43,7 +44,8 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     from hydra.utils import get_class
 
     from apps.core.config import build
-    from apps.core.precision import AUTO, resolve_precision
+    from apps.core.training.train import build_test_trainer, trainer_arguments
+    from apps.foundation.rundir import REEVALUATION_DIR
 
     checkpoint = run_dir / record["facts"]["best_checkpoint"]
     if not checkpoint.is_file():
@@ -55,13 +57,9 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
     task = build(cfg.task, **datamodule.task_arguments())
-    trainer_cfg = cfg.trainer
     # The precision the run trained and tested in, whatever this machine would pick now.
-    precision = record["facts"].get("precision") or resolve_precision(trainer_cfg.get("precision", AUTO),
-                                                                       trainer_cfg.accelerator)
-    trainer = pl.Trainer(accelerator=trainer_cfg.accelerator, devices=1, precision=precision,
-                         deterministic=trainer_cfg.deterministic, logger=False, enable_progress_bar=False,
-                         default_root_dir=str(run_dir / "reevaluation"), enable_checkpointing=False)
+    precision = record["facts"].get("precision") or trainer_arguments(cfg)["precision"]
+    trainer = build_test_trainer(cfg, precision, run_dir / REEVALUATION_DIR)
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
     return {k: float(v) for k, v in tested.items()}
 
@@ -70,7 +68,7 @@ def retrain(cfg, out_dir: Path, source: Path) -> dict[str, float]:
     """Train the saved config again into ``out_dir``; returns the new run's metrics."""
     from omegaconf import OmegaConf
 
-    from apps.core.train import train
+    from apps.core.training.train import train
     from apps.foundation.files import atomic_write_text
     from apps.foundation.rundir import CONFIG_FILE, HYDRA_DIR, OVERRIDES_FILE, read_completed
 
@@ -95,7 +93,7 @@ def comparison_table(saved: dict[str, float], new: dict[str, float]) -> str:
 def stage_run(source: str, cache: Path, evaluate: bool) -> Path:
     """The local run directory of ``source``: itself, or for a URL its fetched files under ``cache``.
     With ``evaluate``, its best checkpoint too, from where the run was uploaded when it is not here."""
-    from apps.core.storage import fetch_run_files, is_url
+    from apps.core.runs.storage import fetch_run_files, is_url
     from apps.foundation.rundir import CONFIG_FILE, METRICS_FILE, OVERRIDES_FILE, read_completed, read_upload_record
 
     if is_url(source):

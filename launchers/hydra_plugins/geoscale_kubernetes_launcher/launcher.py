@@ -73,6 +73,7 @@ def save_hydra_files(point: SweepPoint) -> None:
     from the pod, the local sweep directory reads like a local multirun's (summaries, reproduce).
     They hold what the pod ran: its own overrides (``pod_overrides``) are applied and listed too."""
     from apps.foundation.files import atomic_write_text
+    from apps.foundation.rundir import CONFIG_NAME, HYDRA_CONFIG_NAME, OVERRIDES_NAME
 
     subdir = point.config.hydra.output_subdir
     if subdir is None:
@@ -85,9 +86,9 @@ def save_hydra_files(point: SweepPoint) -> None:
             key, value = override.split("=", 1)
             OmegaConf.update(config, key, yaml.safe_load(value), force_add=True)
         config.hydra.overrides.task = [*config.hydra.overrides.task, *point.pod_overrides]
-    files = {"config.yaml": lambda: OmegaConf.to_container(task_part(config), enum_to_str=True),
-             "hydra.yaml": lambda: {"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)},
-             "overrides.yaml": lambda: OmegaConf.to_container(config.hydra.overrides.task)}
+    files = {CONFIG_NAME: lambda: OmegaConf.to_container(task_part(config), enum_to_str=True),
+             HYDRA_CONFIG_NAME: lambda: {"hydra": OmegaConf.to_container(config.hydra, enum_to_str=True)},
+             OVERRIDES_NAME: lambda: OmegaConf.to_container(config.hydra.overrides.task)}
     for name, content in files.items():
         if not (hydra_dir / name).exists():
             atomic_write_text(hydra_dir / name, yaml.dump(content(), Dumper=YAML_DUMPER, sort_keys=False))

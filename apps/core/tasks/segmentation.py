@@ -8,12 +8,12 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from apps.core.losses import build_loss
-from apps.core.task import BaseTask
+from apps.core.tasks.losses import build_loss
+from apps.core.tasks.base import BaseTask
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_LOSS = {"_target_": "apps.core.losses.CrossEntropy", "_partial_": True}
+DEFAULT_LOSS = {"_target_": "apps.core.tasks.losses.CrossEntropy", "_partial_": True}
 
 
 def segmentation_scores(confusion: torch.Tensor, positive_class: int) -> dict[str, float]:

@@ -12,12 +12,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from apps.core.config import build
-from apps.core.precision import AUTO, resolve_precision
+from apps.core.training.precision import AUTO, resolve_precision
 from apps.foundation.errors import InputError
-from apps.core.runinfo import peak_memory, record_provenance
+from apps.core.training.provenance import peak_memory, record_provenance
 from apps.foundation.files import atomic_write_text
 from apps.foundation.rundir import (
-    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed,
+    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed,
     read_upload_record, write_metrics, write_upload_record,
 )
 
@@ -40,7 +40,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     import torch
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from apps.core.callbacks import RunClock
+    from apps.core.training.callbacks import RunClock
 
     callback_cfg = OmegaConf.to_container(cfg.callbacks, resolve=True)
     checkpoint = ModelCheckpoint(
@@ -61,6 +61,16 @@ def build_trainer(cfg: DictConfig, run_dir: Path, extra_callbacks: list | None =
     # step by a fifth on the CPU; results do not depend on it.
     torch.utils.deterministic.fill_uninitialized_memory = False
     return trainer, checkpoint, clock
+
+
+def build_test_trainer(cfg: DictConfig, precision: str, root_dir: Path):
+    """A Lightning Trainer that tests a saved checkpoint on one device of ``cfg.trainer``'s accelerator,
+    at ``precision`` (the one the run trained in), with no logger or checkpointing, working in ``root_dir``."""
+    import pytorch_lightning as pl
+
+    arguments = {**trainer_arguments(cfg), "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": precision}
+    return pl.Trainer(**arguments, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                      default_root_dir=str(root_dir))
 
 
 def _device_facts(trainer) -> dict[str, Any]:
@@ -87,7 +97,7 @@ def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule, run_dir: Path
     means ``default_batch_size``, and says so.
 
     A distributed run finds it in global rank zero alone, before the distributed start, on one device;
-    the other ranks hold ``default_batch_size`` until :class:`~apps.core.callbacks.SharedBatchSize`
+    the other ranks hold ``default_batch_size`` until :class:`~apps.core.training.callbacks.SharedBatchSize`
     hands them rank zero's. The found size replaces ``auto`` in the run's ``.hydra/config.yaml``.
     """
     if str(cfg.batch_size) != "auto":
@@ -100,7 +110,7 @@ def resolve_batch_size(cfg: DictConfig, trainer, task, datamodule, run_dir: Path
         return default
     datamodule.batch_size = found = find_batch_size(cfg, task, datamodule, run_dir)
     log.info("batch_size=auto: %d fits one GPU's memory; every rank trains with it", found)
-    saved = run_dir / ".hydra" / "config.yaml"
+    saved = run_dir / CONFIG_FILE
     if saved.is_file():
         import yaml
 
@@ -155,7 +165,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     datamodule = build(cfg.data)
     task = build(cfg.task, **datamodule.task_arguments())
     task.preparation = datamodule.preparation()
-    from apps.core.callbacks import ImageryCounter, SharedBatchSize
+    from apps.core.training.callbacks import ImageryCounter, SharedBatchSize
 
     imagery = ImageryCounter()
     auto_batch = [SharedBatchSize()] if str(cfg.batch_size) == "auto" else []
@@ -214,7 +224,7 @@ def _upload(cfg: DictConfig, run_dir: Path) -> None:
     destination = OmegaConf.select(cfg, "upload.to")
     if not destination or (run_dir / UPLOAD_RECORD).is_file():
         return
-    from apps.core.storage import upload_run_dir
+    from apps.core.runs.storage import upload_run_dir
 
     root = Path(cfg.output_root).resolve()
     here = run_dir.resolve()

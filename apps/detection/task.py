@@ -16,9 +16,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from apps.core.coco import ImageDetections, coco_scores
+from apps.detection.coco import ImageDetections, coco_scores
 from apps.core.config import build
-from apps.core.task import BaseTask, plain
+from apps.core.tasks.base import BaseTask, plain
 from apps.foundation.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def load_weights(detector: torch.nn.Module, path: str | Path, prefix: str = "") 
 
 def pretrained_file(init: Mapping[str, Any], model_name: str) -> tuple[Path, str]:
     """The local checkpoint that ``init`` names for detector ``model_name`` and the submodule it fits."""
-    from apps.core.weights import find_weights_file
+    from apps.core.tasks.weights import find_weights_file
     from apps.foundation.catalogue import read_catalogue
 
     catalogued = read_catalogue().get(model_name)
@@ -124,7 +124,7 @@ def draw_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor, c
 
 
 class DetectionTask(BaseTask):
-    """An mmdet detector on samples of the chip-dataset contract (``apps.core.detection_data``).
+    """An mmdet detector on samples of the chip-dataset contract (``apps.detection.data``).
 
     ``network`` is a partial ``_target_`` config that, given ``num_classes``, returns the detector's
     mmdet model config (a dict with ``type``, ``data_preprocessor``, ...). Images arrive RGB in
@@ -141,7 +141,7 @@ class DetectionTask(BaseTask):
     whole detector, null: the catalogue's). ``ema`` ({momentum, gamma, update_buffers}, YOLOX's recipe) keeps an exponential moving
     average of the weights (mmdet's ExpMomentumEMA, updated after every step, saved with the task),
     which validation, test and prediction use. ``callbacks`` (name -> ``_target_`` config) are Lightning
-    callbacks the recipe needs (``apps.core.detection_callbacks``). Validation and test log COCO
+    callbacks the recipe needs (``apps.detection.callbacks``). Validation and test log COCO
     ``map``, ``map_50``, ``map_75``, ``map_s/m/l`` and per-class ``ap_<class>``.
     """
 
@@ -252,7 +252,7 @@ class DetectionTask(BaseTask):
         return [build(config) for config in self.callback_cfgs.values() if config]
 
     def configure_optimizers(self) -> Any:
-        from apps.core.mmdet_optim import build_optimizer, build_schedule
+        from apps.detection.optim import build_optimizer, build_schedule
 
         optimizer = build_optimizer(self.detector, self.optimizer_cfg, self.paramwise, self.constructor)
         if self.lr_base_batch:
@@ -333,7 +333,7 @@ def _gather(images: list[ImageDetections]) -> list[ImageDetections]:
 def build_detector(config: Mapping[str, Any]) -> torch.nn.Module:
     """An mmdet detector from its model config, initialised as mmengine's Runner would: weights
     initialised once (``init_weights()``), SyncBN reverted to BN on a single process, mmcv's ops
-    made to accept bf16 (``apps.core.mmcv_float32``), and the preprocessor fed RGB images (a config that expects BGR, as caffe-style backbones do, gets its
+    made to accept bf16 (``apps.detection.mmcv_float32``), and the preprocessor fed RGB images (a config that expects BGR, as caffe-style backbones do, gets its
     channels swapped)."""
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -341,7 +341,7 @@ def build_detector(config: Mapping[str, Any]) -> torch.nn.Module:
     from mmengine.logging import MMLogger
     from mmengine.model.utils import revert_sync_batchnorm
 
-    from apps.core.mmcv_float32 import run_mmcv_ops_in_float32
+    from apps.detection.mmcv_float32 import run_mmcv_ops_in_float32
 
     register_all_modules(init_default_scope=True)
     run_mmcv_ops_in_float32()

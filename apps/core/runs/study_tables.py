@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from apps.core.report import format_float, pipe_table
+from apps.core.runs.report import format_float, pipe_table
 from apps.foundation.errors import InputError
-from apps.foundation.rundir import HYDRA_DIR, METRICS_FILE, read_completed
+from apps.foundation.rundir import HYDRA_CONFIG_FILE, METRICS_FILE, read_completed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -63,7 +63,7 @@ class Study:
 
 def _choices(run_dir: Path) -> dict[str, str]:
     """The run's Hydra group choices (model, data, ...) from ``.hydra/hydra.yaml``; {} when absent."""
-    path = run_dir / HYDRA_DIR / "hydra.yaml"
+    path = run_dir / HYDRA_CONFIG_FILE
     if not path.is_file():
         return {}
     hydra = (yaml.safe_load(path.read_text()) or {}).get("hydra", {})

@@ -21,7 +21,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from apps.foundation.errors import InputError
-from apps.foundation.rundir import HYDRA_DIR, OVERRIDES_FILE, read_completed
+from apps.foundation.rundir import (
+    HYDRA_DIR, OVERRIDES_FILE, SWEEP_SUMMARY_CSV, SWEEP_SUMMARY_MARKDOWN, read_completed,
+)
 from apps.foundation.files import atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
@@ -252,7 +254,7 @@ class SweepSummary(Callback):
     """Hydra callback: write ``summary.md`` and ``summary.csv`` into the sweep directory.
 
     Runs at the end of every multirun; enable it with
-    ``hydra.callbacks.sweep_summary._target_: apps.core.report.SweepSummary``
+    ``hydra.callbacks.sweep_summary._target_: apps.core.runs.report.SweepSummary``
     (optional ``metric`` and ``metrics`` as for ``load_sweep``). It never raises: a report
     that cannot be written is logged as a warning, so a finished sweep does not fail.
     """
@@ -267,12 +269,12 @@ class SweepSummary(Callback):
         try:
             sweep_dir = Path(config.hydra.sweep.dir)
             report = load_sweep(sweep_dir, metric=self.metric, metrics=self.metrics)
-            atomic_write_text(sweep_dir / "summary.md", to_markdown(report))
-            atomic_write_text(sweep_dir / "summary.csv", to_csv(report))
+            atomic_write_text(sweep_dir / SWEEP_SUMMARY_MARKDOWN, to_markdown(report))
+            atomic_write_text(sweep_dir / SWEEP_SUMMARY_CSV, to_csv(report))
         except Exception as error:  # noqa: BLE001 - a summary must never fail a finished sweep
             log.warning("sweep summary not written: %s: %s", type(error).__name__, error)
         else:
-            log.info("sweep summary written to %s", sweep_dir / "summary.md")
+            log.info("sweep summary written to %s", sweep_dir / SWEEP_SUMMARY_MARKDOWN)
 
 
 def _load_run(sweep_dir: Path, run_dir: Path) -> _Run:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from apps.core.data import ChipDataModule
-from apps.core.task import plain
+from apps.core.tasks.data import ChipDataModule
+from apps.core.tasks.base import plain
 from apps.foundation.chips import ChipDataset, chip_boxes
 from apps.foundation.errors import InputError
 

@@ -26,6 +26,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from apps.core.config import current_name, upgrade_targets
 from apps.foundation.chips import IGNORE_INDEX
 from apps.foundation.errors import InputError, exit_with_error
 from apps.foundation.files import atomic_path
@@ -245,9 +246,10 @@ def load_task(path: Path, device: str):
         if not name:
             raise InputError(f"checkpoint {path}: names no task class (written by an older geoscale or another "
                              "program; python -m apps.reproduce RUN_DIR trains the run again)")
-        module, _, class_name = name.rpartition(".")
+        module, _, class_name = current_name(name).rpartition(".")
         task_class = getattr(importlib.import_module(module), class_name)
-        task = task_class(**{**checkpoint["hyper_parameters"], **task_class.CHECKPOINT_OVERRIDES})
+        hyper_parameters = upgrade_targets(checkpoint["hyper_parameters"])
+        task = task_class(**{**hyper_parameters, **task_class.CHECKPOINT_OVERRIDES})
         task.load_state_dict(checkpoint["state_dict"])
         task.on_load_checkpoint(checkpoint)
     except InputError:

@@ -1,0 +1,1 @@
+"""Whole-scene prediction with a trained checkpoint, shared by every app's predict command."""

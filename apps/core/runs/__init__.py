@@ -1,0 +1,1 @@
+"""Finished runs: sweep reports, the study's tables, uploads and fetches of run directories."""
