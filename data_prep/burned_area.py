@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from apps.foundation.chips import invalidate_dataset
+from apps.foundation.chips import ChipPreparation, invalidate_dataset
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_write_text
 from data_prep.chipping import ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
@@ -258,10 +258,9 @@ def run_split(scene_names: list[str], config: PrepConfig) -> Path:
     if config.split.method == "blocks":
         split_attrs["block_size_px"] = config.split.block_size(config.chip.size)
     attrs = {
-        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.stride,
-        "min_class_fraction": config.chip.min_class_fraction,
-        "max_nodata_fraction": config.chip.max_nodata_fraction,
-        "bands": list(config.bands), "normalize": asdict(config.normalize),
+        **ChipPreparation(config.chip.size, config.chip.overlap, tuple(config.bands)).to_attrs(),
+        "stride": config.chip.stride, "min_class_fraction": config.chip.min_class_fraction,
+        "max_nodata_fraction": config.chip.max_nodata_fraction, "normalize": asdict(config.normalize),
         "split": split_attrs,
         "scenes_dir": str(config.scenes_dir.resolve()) if config.scenes_dir else None,
         "polygons": str(config.polygons.resolve()) if config.polygons else None,

@@ -44,7 +44,7 @@ import rasterio
 from omegaconf import DictConfig, OmegaConf
 
 from apps.foundation.chips import (
-    SPLITS, ChipRecord, invalidate_dataset, scene_array_paths, scene_array_writer, write_dataset_index,
+    SPLITS, ChipPreparation, ChipRecord, invalidate_dataset, scene_array_paths, scene_array_writer, write_dataset_index,
 )
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
@@ -384,9 +384,9 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
                              "splits": {"train": len(rotated)}, "rotated_from": chips.scene,
                              "rotations": list(config.augment_rotations)}
     attrs = {
-        "chip_size": config.chip.size, "overlap": config.chip.overlap,
+        **ChipPreparation(config.chip.size, config.chip.overlap, tuple(config.bands)).to_attrs(),
         "min_change_fraction": config.chip.min_change_fraction, "max_ignore_fraction": config.chip.max_ignore_fraction,
-        "bands": list(config.bands), "target_year": config.target_year, "augment_rotations": list(config.augment_rotations),
+        "target_year": config.target_year, "augment_rotations": list(config.augment_rotations),
         "split": {**asdict(config.split), "block_size_px": config.split.block_size(config.chip.size)},
         "stretch": asdict(config.stretch), "sentinel2": asdict(config.sentinel2), "prodes": asdict(config.prodes),
         "date_windows": {chips.scene: prepared["date_window"] for chips, prepared in usable},

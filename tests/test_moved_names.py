@@ -42,7 +42,7 @@ def test_an_old_detection_checkpoint_loads_and_predicts(tmp_path):
     import rasterio
     from rasterio.transform import from_origin
 
-    from apps.core.prediction.masks import load_task
+    from apps.core.prediction.checkpoint import load_task
     from coretools import run_module
 
     task = load_task(LEGACY_RUN / "checkpoints" / "best-epoch000.ckpt", "cpu")
@@ -52,8 +52,14 @@ def test_an_old_detection_checkpoint_loads_and_predicts(tmp_path):
     with rasterio.open(scene, "w", driver="GTiff", width=160, height=160, count=3, dtype="uint8",
                        crs="EPSG:32610", transform=from_origin(500000, 4000000, 0.5, 0.5)) as dst:
         dst.write(image)
+    # Windows as the training chips were cut (128 px, overlap 0.2: four over 160 px), unless a flag says otherwise.
     done = run_module("apps.detection.predict", str(LEGACY_RUN), str(scene), "--out", str(tmp_path / "boxes"),
-                      "--chip-size", "128", "--device", "cpu")
+                      "--device", "cpu")
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["width"] == 160 and (tmp_path / "boxes.geojson").is_file()
+    assert summary["width"] == 160 and summary["windows"] == 4 and (tmp_path / "boxes.geojson").is_file()
+    done = run_module("apps.detection.predict", str(LEGACY_RUN), str(scene), "--out", str(tmp_path / "whole"),
+                      "--device", "cpu", "--chip-size", "160")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["windows"] == 1
+    assert "--chip-size 160 replaces the training chips' 128" in done.stderr

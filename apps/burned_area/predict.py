@@ -1,12 +1,12 @@
 """Whole-scene burned-area prediction with a trained checkpoint.
 
-    python -m apps.burned_area.predict CHECKPOINT_OR_RUN_DIR SCENE --out OUT [--chip-size 256]
-        [--overlap 0.25] [--batch-size 8] [--threshold 0.5] [--device auto|cpu|cuda] [--min-area-m2 0]
+    python -m apps.burned_area.predict CHECKPOINT_OR_RUN_DIR SCENE --out OUT [--chip-size N] [--overlap F]
+        [--batch-size 8] [--threshold 0.5] [--device auto|cpu|cuda] [--min-area-m2 0]
 
 The scene is prepared as the network's training chips were (``input_set`` of the checkpoint):
 "normalized" stretches B04, B03, B02 between this scene's percentiles (data_prep.normalize) with the
-percentiles the training dataset recorded, "tci" takes the scene's TCI as it is. The core
-(apps.core.prediction.masks) slides, blends and writes ``OUT.tif`` and ``OUT.geojson`` of the burned class.
+percentiles the training dataset recorded, "tci" takes the scene's TCI as it is. Windows have the training chips' size and overlap unless given. The core (apps.core.prediction)
+slides, blends and writes ``OUT.tif`` and ``OUT.geojson`` of the burned class.
 """
 
 from __future__ import annotations
@@ -17,16 +17,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.prediction.masks import parse_args, recorded_settings, run_prediction
+from apps.core.prediction.checkpoint import recorded_settings
+from apps.core.prediction.command import run_prediction
+from apps.core.prediction.masks import pixelwise_app
+from apps.foundation.chips import ChipPreparation
 from apps.foundation.errors import InputError
 
 INPUT_BANDS = {"normalized": ("B04", "B03", "B02"), "tci": ("TCI",)}
 """Scene bands each input set is made from (as data_prep.burned_area prepared the training chips)."""
 
 
-def check_task(task: Any, chip_size: int) -> None:
-    """InputError unless the checkpoint's input set is known and its network accepts ``chip_size`` px
-    (smp encoders downsample by a fixed stride)."""
+def check_task(task: Any, geometry: ChipPreparation) -> None:
+    """InputError unless the checkpoint's input set is known and its network accepts windows of
+    ``geometry.chip_size`` px (smp encoders downsample by a fixed stride)."""
+    chip_size = geometry.chip_size
     if task.input_set not in INPUT_BANDS:
         raise InputError(f"checkpoint: unknown input_set {task.input_set!r}")
     net = task.net
@@ -55,12 +59,14 @@ def prepared_image(task: Any, args: argparse.Namespace, work_dir: Path) -> Itera
         yield {"image": path}
 
 
+APP = pixelwise_app("python -m apps.burned_area.predict", "Predict burned area over a whole Sentinel-2 scene.",
+                    [("scene", "a Sentinel-2 scene folder (SAFE or band files)")], "burned", prepared_image,
+                    lambda args: str(args.scene), check_task, lambda task: {"input_set": task.input_set})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: prints a summary line and a JSON line; bad input prints ``error: ...``, exits 2."""
-    args = parse_args(argv, "python -m apps.burned_area.predict", "Predict burned area over a whole Sentinel-2 scene.",
-                      [("scene", "a Sentinel-2 scene folder (SAFE or band files)")], "burned")
-    return run_prediction(args, str(args.scene), prepared_image, "burned", check_task,
-                          lambda task: {"input_set": task.input_set})
+    return run_prediction(APP, argv)
 
 
 if __name__ == "__main__":

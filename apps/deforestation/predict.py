@@ -1,12 +1,13 @@
 """Whole-area change prediction from a pair of Sentinel-2 L2A products with a trained checkpoint.
 
-    python -m apps.deforestation.predict CHECKPOINT_OR_RUN_DIR BEFORE AFTER --out OUT [--chip-size 256]
-        [--overlap 0.25] [--batch-size 8] [--threshold 0.5] [--device auto|cpu|cuda] [--min-area-m2 0]
+    python -m apps.deforestation.predict CHECKPOINT_OR_RUN_DIR BEFORE AFTER --out OUT [--chip-size N]
+        [--overlap F] [--batch-size 8] [--threshold 0.5] [--device auto|cpu|cuda] [--min-area-m2 0]
 
 The pair is prepared as the training chips were, with the settings the training dataset recorded
 (cloud mask, BOA offset, band combinations, stretch percentiles): AFTER is read onto BEFORE's grid,
 and each band combination the network was trained on is stretched over both dates' valid pixels.
-The core (apps.core.prediction.masks) slides, blends and writes ``OUT.tif`` (change mask and probability on
+Windows have the training chips' size and overlap unless given. The core
+(apps.core.prediction) slides, blends and writes ``OUT.tif`` (change mask and probability on
 BEFORE's grid) and ``OUT.geojson`` (change polygons in EPSG:4326 with their area).
 """
 
@@ -18,17 +19,20 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.prediction.masks import parse_args, recorded_settings, run_prediction
+from apps.core.prediction.checkpoint import recorded_settings
+from apps.core.prediction.command import run_prediction
+from apps.core.prediction.masks import pixelwise_app
+from apps.foundation.chips import ChipPreparation
 from apps.foundation.errors import InputError
 
 SIZE_MULTIPLE = 32
 """ChangeFormer and the U-Net baselines downsample by 32: chips must be a multiple of it."""
 
 
-def check_task(task: Any, chip_size: int) -> None:
-    """InputError unless ``chip_size`` is a multiple of the networks' total stride."""
-    if chip_size % SIZE_MULTIPLE:
-        raise InputError(f"--chip-size {chip_size}: change-detection networks need a multiple of {SIZE_MULTIPLE} px")
+def check_task(task: Any, geometry: ChipPreparation) -> None:
+    """InputError unless the window size is a multiple of the networks' total stride."""
+    if geometry.chip_size % SIZE_MULTIPLE:
+        raise InputError(f"--chip-size {geometry.chip_size}: change-detection networks need a multiple of {SIZE_MULTIPLE} px")
 
 
 @contextmanager
@@ -49,14 +53,17 @@ def prepared_pair(task: Any, args: argparse.Namespace, work_dir: Path) -> Iterat
         yield {date: [paths[f"{date}_{combo}"] for combo in task.bands] for date in DATES}
 
 
+APP = pixelwise_app("python -m apps.deforestation.predict",
+                    "Predict deforestation between two Sentinel-2 L2A products of one area.",
+                    [("before", "the earlier product (.SAFE or band folder); its grid is the output's"),
+                     ("after", "the later product")], "change", prepared_pair,
+                    lambda args: f"{args.before} -> {args.after}", check_task,
+                    lambda task: {"bands": ",".join(task.bands)})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry: prints a summary line and a JSON line; bad input prints ``error: ...``, exits 2."""
-    args = parse_args(argv, "python -m apps.deforestation.predict",
-                      "Predict deforestation between two Sentinel-2 L2A products of one area.",
-                      [("before", "the earlier product (.SAFE or band folder); its grid is the output's"),
-                       ("after", "the later product")], "change")
-    return run_prediction(args, f"{args.before} -> {args.after}", prepared_pair, "change", check_task,
-                          lambda task: {"bands": ",".join(task.bands)})
+    return run_prediction(APP, argv)
 
 
 if __name__ == "__main__":

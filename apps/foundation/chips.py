@@ -83,6 +83,34 @@ class ChipRecord:
     class_fractions: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChipPreparation:
+    """How a dataset's chips were cut, as its prep records it in ``dataset.json``'s attrs (and a
+    checkpoint carries it on): window size ``chip_size`` (px), ``overlap`` (fraction of a window) and
+    ``bands`` (the input bands or band combinations, in order; None where the prep takes the image's
+    own). Prediction slides windows of the same geometry over a whole scene. A value an older dataset
+    did not record is None."""
+
+    chip_size: int | None
+    overlap: float | None
+    bands: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping) -> "ChipPreparation":
+        bands = attrs.get("bands")
+        return cls(attrs.get("chip_size"), attrs.get("overlap"), tuple(bands) if bands is not None else None)
+
+    def to_attrs(self) -> dict:
+        """The attrs entries (``chip_size``, ``overlap``, ``bands``) that ``from_attrs`` reads back."""
+        return {"chip_size": self.chip_size, "overlap": self.overlap,
+                "bands": list(self.bands) if self.bands is not None else None}
+
+    def replace(self, **changes) -> "ChipPreparation":
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
 def scene_array_paths(scene: str, names: Iterable[str]) -> dict[str, str]:
     """Array name -> path of the scene's ``<name>.npy``, relative to the dataset root."""
     return {name: str(Path("scenes") / scene / f"{name}.npy") for name in names}

@@ -15,10 +15,7 @@ in the scene's CRS), each through a temporary name.
 from __future__ import annotations
 
 import argparse
-import importlib
-import json
 import logging
-from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,13 +23,12 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from apps.core.config import current_name, upgrade_targets
-from apps.foundation.chips import IGNORE_INDEX
-from apps.foundation.errors import InputError, exit_with_error
+from apps.core.prediction.command import Option, Prepare, PredictionApp, in_unit_interval
+from apps.foundation.chips import IGNORE_INDEX, ChipPreparation
+from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path
-from apps.foundation.rundir import resolve_checkpoint
 from data_prep.chipping import ChipSettings, window_offsets
-from data_prep.geotiff import GeoTiffSettings, first_line, in_gdal_env, open_raster, output_profile, progress, reading
+from data_prep.geotiff import GeoTiffSettings, in_gdal_env, open_raster, output_profile, progress, reading
 from data_prep.scenes import check_same_grid
 
 NODATA = IGNORE_INDEX
@@ -40,14 +36,11 @@ NODATA = IGNORE_INDEX
 PROBABILITY_SCALE = 254
 """Band 2 holds round(probability * PROBABILITY_SCALE), so 255 stays free for nodata."""
 GEOJSON_CRS = "EPSG:4326"
-DEVICES = ("auto", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
 
 Inputs = Mapping[str, "Path | Sequence[Path]"]
 """Sample key -> a prepared uint8 raster, or several stacked along bands (as the training chips' arrays)."""
-Prepare = Callable[[Any, argparse.Namespace, Path], AbstractContextManager[Inputs]]
-"""(task, parsed arguments, work folder) -> a context yielding the scene's prepared inputs."""
 
 
 def output_paths(out: Path) -> tuple[Path, Path]:
@@ -232,113 +225,30 @@ def write_class_polygons(prediction: Path, out_path: Path, min_area_m2: float) -
     return float(frame["area_m2"].sum()), len(kept)
 
 
-def load_task(path: Path, device: str):
-    """The task stored in checkpoint ``path``, of the class the checkpoint names, on ``device``.
+def pixelwise_app(prog: str, description: str, inputs: Sequence[tuple[str, str]], class_name: str,
+                  prepare: Prepare, describe_inputs: Callable[[argparse.Namespace], str],
+                  check_task: Callable[[Any, ChipPreparation], None],
+                  task_facts: Callable[[Any], dict]) -> PredictionApp:
+    """The prediction command of a pixel-wise app that maps ``class_name``: ``predict_scene`` over
+    the inputs ``prepare`` gives, with ``--threshold`` and ``--min-area-m2``."""
 
-    The class's ``CHECKPOINT_OVERRIDES`` replace hyperparameters that only training needs (such as a
-    pretrained-weights file): the checkpoint's own weights replace them.
-    """
-    import torch
+    def predict(task: Any, prepared: Inputs, args: argparse.Namespace, geometry: ChipPreparation, device: str,
+                facts: dict) -> dict:
+        return predict_scene(task, prepared, args.out, geometry.chip_size, geometry.overlap, args.batch_size,
+                             args.threshold, device, args.min_area_m2, class_name=class_name,
+                             positive_class=task.positive_class, tags=facts)
 
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        name = checkpoint.get("task_class")
-        if not name:
-            raise InputError(f"checkpoint {path}: names no task class (written by an older geoscale or another "
-                             "program; python -m apps.reproduce RUN_DIR trains the run again)")
-        module, _, class_name = current_name(name).rpartition(".")
-        task_class = getattr(importlib.import_module(module), class_name)
-        hyper_parameters = upgrade_targets(checkpoint["hyper_parameters"])
-        task = task_class(**{**hyper_parameters, **task_class.CHECKPOINT_OVERRIDES})
-        task.load_state_dict(checkpoint["state_dict"])
-        task.on_load_checkpoint(checkpoint)
-    except InputError:
-        raise
-    except Exception as exc:  # torch, pickle, zip, import and constructor errors all mean: not usable here
-        raise InputError(f"checkpoint {path}: cannot be loaded ({type(exc).__name__}: {first_line(exc)})") from None
-    return task.to(device)
+    def summary_line(args: argparse.Namespace, summary: dict) -> str:
+        return (f"{summary['scene']}: {summary['valid_pixels']} px with data of {summary['width']}x{summary['height']}, "
+                f"{summary[f'{class_name}_ha']:.2f} ha {class_name}, {summary['polygons']} polygons >= "
+                f"{args.min_area_m2:g} m2 -> {summary['tif']}, {summary['geojson']}")
 
-
-def recorded_settings(task: Any, name: str) -> dict:
-    """The settings ``name`` (e.g. ``normalize``) that the task's training dataset recorded in its attrs;
-    an empty dict, with a warning, when it recorded none (the prep's defaults then apply)."""
-    settings = task.preparation.get("attrs", {}).get(name)
-    if settings is None:
-        log.warning("the checkpoint's training dataset recorded no %s settings: using the defaults", name)
-    return dict(settings or {})
-
-
-def pick_device(name: str) -> str:
-    """``name`` ("auto", "cpu" or "cuda") as a torch device string; auto is cuda when available."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    return name
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """InputError naming the option when a numeric option is out of range."""
-    if args.chip_size < 1:
-        raise InputError(f"--chip-size {args.chip_size}: must be a positive number of pixels")
-    if not 0 <= args.overlap < 1:
-        raise InputError(f"--overlap {args.overlap}: must be in [0, 1)")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size {args.batch_size}: must be at least 1")
-    if not 0 <= args.threshold <= 1:
-        raise InputError(f"--threshold {args.threshold}: must be in [0, 1]")
-    if args.min_area_m2 < 0:
-        raise InputError(f"--min-area-m2 {args.min_area_m2}: must not be negative")
-
-
-def parse_args(argv: Sequence[str] | None, prog: str, description: str,
-               inputs: Sequence[tuple[str, str]], class_name: str) -> argparse.Namespace:
-    """The prediction command line: CHECKPOINT_OR_RUN_DIR, the app's ``inputs`` (name, help), options."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR",
-                        help="a .ckpt file, or a run directory (its best checkpoint, else checkpoints/last.ckpt)")
-    for name, text in inputs:
-        parser.add_argument(name, type=Path, metavar=name.upper(), help=text)
-    parser.add_argument("--out", type=Path, required=True, help="output prefix: writes OUT.tif and OUT.geojson")
-    parser.add_argument("--chip-size", type=int, default=256, help="window size, px (default 256)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="window overlap, fraction of a chip (default 0.25)")
-    parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help=f"{class_name} where its probability >= this (default 0.5)")
-    parser.add_argument("--device", choices=DEVICES, default="auto", help="default: cuda if available, else cpu")
-    parser.add_argument("--min-area-m2", type=float, default=0.0, help="drop polygons smaller than this (default 0)")
-    return parser.parse_args(argv)
-
-
-def run_prediction(args: argparse.Namespace, scene: str, prepare: Prepare, class_name: str,
-                   check_task: Callable[[Any, int], None] = lambda task, chip_size: None,
-                   task_facts: Callable[[Any], dict[str, str]] = lambda task: {}) -> int:
-    """Load the checkpoint of ``args``, prepare the scene with the app's ``prepare``, predict and write;
-    prints a summary line and a JSON line. Bad input prints ``error: ...`` and exits with code 2.
-
-    ``scene`` describes the input in messages; ``check_task(task, chip_size)`` raises InputError when the
-    network cannot take that chip size; ``task_facts(task)`` (such as its input set) go into the
-    GeoTIFF's tags and the summary.
-    """
-    try:
-        check_arguments(args)
-        checkpoint = resolve_checkpoint(args.checkpoint)
-        device = pick_device(args.device)
-        task = load_task(checkpoint, device)
-        check_task(task, args.chip_size)
-        facts = {"checkpoint": str(checkpoint), "scene": scene, "task_class": type(task).__name__, **task_facts(task)}
-        with prepare(task, args, output_paths(args.out)[0].parent) as inputs:
-            summary = predict_scene(
-                task, inputs, args.out, args.chip_size, args.overlap, args.batch_size, args.threshold, device,
-                args.min_area_m2, class_name=class_name, positive_class=task.positive_class, tags=facts,
-            )
-    except InputError as exc:
-        exit_with_error(exc)
-    summary.update(facts)
-    print(f"{scene}: {summary['valid_pixels']} px with data of {summary['width']}x{summary['height']}, "
-          f"{summary[f'{class_name}_ha']:.2f} ha {class_name}, {summary['polygons']} polygons >= "
-          f"{args.min_area_m2:g} m2 -> {summary['tif']}, {summary['geojson']}")
-    print(json.dumps(summary))
-    return 0
+    options = (
+        Option("--threshold", {"type": float, "default": 0.5,
+                               "help": f"{class_name} where its probability >= this (default 0.5)"},
+               in_unit_interval, "must be in [0, 1]"),
+        Option("--min-area-m2", {"type": float, "default": 0.0, "help": "drop polygons smaller than this (default 0)"},
+               lambda value: value >= 0, "must not be negative"),
+    )
+    return PredictionApp(prog, description, inputs, "OUT.tif and OUT.geojson", prepare, predict, summary_line,
+                         describe_inputs, options, check_task=check_task, task_facts=task_facts)
