@@ -292,7 +292,7 @@ def compose(tmp_path):
     def composed(defaults: list[str], overrides: list[str]):
         (tmp_path / "app.yaml").write_text(yaml.safe_dump({
             "defaults": [{d.split(": ")[0]: d.split(": ")[1]} for d in defaults] + ["_self_"],
-            "hydra": {"searchpath": ["pkg://conf", "pkg://conf.detection"]}, "lr": 0.01}))
+            "hydra": {"searchpath": ["pkg://apps.conf", "pkg://apps.conf.detection"]}, "lr": 0.01}))
         with initialize_config_dir(config_dir=str(tmp_path), version_base="1.3"):
             return hydra_compose(config_name="app", overrides=overrides)
 

@@ -12,13 +12,21 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-import conf
 from apps.foundation.errors import (
     INTERRUPTED_EXIT_CODE, RemoteRunFailed, exit_with_error, input_error_cause, one_line, read_only_mount_cause,
 )
 
-CONF_DIR = str(Path(conf.__file__).resolve().parent)
-"""The config tree's root folder (``conf/``)."""
+
+def _find_conf_dir() -> Path:
+    """The config tree beside the ``apps`` package that runs: ``apps/conf``, where the wheel installs it,
+    else ``conf/`` next to ``apps/`` in a source checkout (where an editable install runs from too)."""
+    apps_dir = Path(__file__).resolve().parents[1]
+    installed = apps_dir / "conf"
+    return installed if installed.is_dir() else apps_dir.parent / "conf"
+
+
+CONF_DIR = str(_find_conf_dir())
+"""The config tree's root folder: the checkout's ``conf/``, or the installed copy ``apps/conf``."""
 
 
 def register_resolvers() -> None:
