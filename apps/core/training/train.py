@@ -68,9 +68,9 @@ def build_test_trainer(cfg: DictConfig, precision: str, root_dir: Path):
     at ``precision`` (the one the run trained in), with no logger or checkpointing, working in ``root_dir``."""
     import pytorch_lightning as pl
 
-    arguments = {**trainer_arguments(cfg), "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": precision}
-    return pl.Trainer(**arguments, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                      default_root_dir=str(root_dir))
+    return pl.Trainer(**{**trainer_arguments(cfg), "devices": 1, "num_nodes": 1, "strategy": "auto",
+                         "precision": precision, "logger": False, "enable_progress_bar": False,
+                         "enable_checkpointing": False, "default_root_dir": str(root_dir)})
 
 
 def _device_facts(trainer) -> dict[str, Any]:
