@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from apps.core.tasks.data import ChipDataModule
+from apps.core.tasks.data import ChipDataModule, SplitArrays
 from apps.core.tasks.base import plain
 from apps.foundation.chips import ChipDataset, chip_boxes
 from apps.foundation.errors import InputError
@@ -51,7 +51,7 @@ def collate_detection(samples: Sequence[Mapping[str, Any]]) -> dict[str, list]:
     return {key: [sample[key] for sample in samples] for key in samples[0]}
 
 
-class BoxChipSplit(Dataset):
+class BoxChipSplit(SplitArrays):
     """One split of a detection chip dataset as samples ``{"image": float (C, H, W) in [0, 1],
     "boxes": float (N, 4) xyxy px, "labels": int64 (N,), "ignore": bool (N,), "index": int}``.
 
@@ -67,19 +67,9 @@ class BoxChipSplit(Dataset):
         chips.require_array(image)
         if chips.require_array(boxes).get("kind") != "boxes":
             raise InputError(f"chip dataset {chips.root}: array '{boxes}' is not of kind 'boxes'")
-        self.chips, self.image, self.boxes = chips, image, boxes
-        self.records = chips.split_records(split)
+        super().__init__(chips, split)
+        self.image, self.boxes = image, boxes
         self.transforms = list(transforms)
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _array(self, scene: str, name: str) -> np.ndarray:
-        key = (scene, name)
-        if key not in self._arrays:  # opened lazily, so each DataLoader worker maps its own files
-            self._arrays[key] = self.chips.open_array(scene, name)
-        return self._arrays[key]
 
     def objects(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Chip ``i``'s boxes (N, 4) xyxy px, labels (N,) and ignore flags (N,)."""

@@ -105,11 +105,6 @@ class ChipPreparation:
         return {"chip_size": self.chip_size, "overlap": self.overlap,
                 "bands": list(self.bands) if self.bands is not None else None}
 
-    def replace(self, **changes) -> "ChipPreparation":
-        from dataclasses import replace
-
-        return replace(self, **changes)
-
 
 def scene_array_paths(scene: str, names: Iterable[str]) -> dict[str, str]:
     """Array name -> path of the scene's ``<name>.npy``, relative to the dataset root."""

@@ -15,7 +15,7 @@ import argparse
 import json
 import logging
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -73,7 +73,7 @@ class PredictionApp:
     default_geometry: ChipPreparation = ChipPreparation(chip_size=256, overlap=0.25)
     min_chip_size: int = 1
     check_task: Callable[[Any, ChipPreparation], None] = lambda task, geometry: None
-    task_facts: Callable[[Any], dict] = field(default=lambda task: {})
+    task_facts: Callable[[Any], dict] = lambda task: {}
 
 
 def parse_args(app: PredictionApp, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -125,7 +125,7 @@ def window_geometry(task: Any, args: argparse.Namespace, default: ChipPreparatio
             if getattr(recorded, name) is not None:
                 log.warning("%s %s replaces the training chips' %s", flag, value, getattr(recorded, name))
             changes[name] = value
-    return recorded.replace(**changes)
+    return replace(recorded, **changes)
 
 
 def run_prediction(app: PredictionApp, argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,26 @@ def random_dihedral(image: np.ndarray, label: np.ndarray, generator: torch.Gener
     return image, label
 
 
-class ChipSplit(Dataset):
+class SplitArrays(Dataset):
+    """The chips of one split of a chip dataset, with its scenes' arrays opened lazily, so that each
+    DataLoader worker maps its own files; subclasses turn a chip into a sample."""
+
+    def __init__(self, chips: ChipDataset, split: str) -> None:
+        self.chips = chips
+        self.records = chips.split_records(split)
+        self._arrays: dict[tuple[str, str], np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _array(self, scene: str, name: str) -> np.ndarray:
+        key = (scene, name)
+        if key not in self._arrays:
+            self._arrays[key] = self.chips.open_array(scene, name)
+        return self._arrays[key]
+
+
+class ChipSplit(SplitArrays):
     """One split of a chip dataset as samples ``{key: tensor}``.
 
     ``images`` maps sample key -> image array name, or a list of names stacked along channels
@@ -40,20 +59,9 @@ class ChipSplit(Dataset):
         self.images = {key: [names] if isinstance(names, str) else list(names) for key, names in images.items()}
         for name in (*(n for names in self.images.values() for n in names), label):
             chips.require_array(name)
-        self.chips = chips
-        self.records = chips.split_records(split)
+        super().__init__(chips, split)
         self.label = label
         self.augment = augment
-        self._arrays: dict[tuple[str, str], np.ndarray] = {}
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def _array(self, scene: str, name: str) -> np.ndarray:
-        key = (scene, name)
-        if key not in self._arrays:  # opened lazily, so each DataLoader worker maps its own files
-            self._arrays[key] = self.chips.open_array(scene, name)
-        return self._arrays[key]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         record = self.records[i]
