@@ -1,7 +1,10 @@
 """Chip stage: cut a labelled scene into square chips with a sliding window.
 
 Windows step by ``size * (1 - overlap)`` and the last window of each row and column sits flush
-with the right and bottom edge, so the whole raster is covered. Which windows are kept is
+with the right and bottom edge, so the whole raster is covered. The small-scene policy, one for
+every prep and predictor (``window_offsets``): a side shorter than a window gets one window at 0
+that reaches past the raster, padded with nodata (0 in images, 255 in masks); the keep rule then
+judges that padding like any other nodata. Which windows are kept is
 decided on the mask alone (class and nodata fractions per window from column sums and a
 cumulative sum per window row) by the app's keep rule, before any image pixel is read; images
 are then read one window row at a time and their chips appended to the scene's chip arrays, so
@@ -95,18 +98,26 @@ class SceneChips:
 
 def window_offsets(length: int, size: int, stride: int) -> np.ndarray:
     """Offsets (px) of windows of ``size`` stepping by ``stride`` along ``length``, the last one flush
-    with the end: (n,) int64, empty when ``length < size``."""
-    if length < size:
-        return np.zeros(0, dtype=np.int64)
+    with the end: (n,) int64. A side shorter than a window gets the one window [0], padded beyond
+    ``length`` (the small-scene policy of the module doc)."""
+    if length <= size:
+        return np.zeros(1, dtype=np.int64)
     offsets = np.arange(0, length - size + 1, stride, dtype=np.int64)
     if offsets[-1] != length - size:
         offsets = np.append(offsets, length - size)
     return offsets
 
 
+def pad_to_window(mask: np.ndarray, size: int) -> np.ndarray:
+    """``mask`` ((H, W)) padded at the bottom and right with nodata (255) to at least ``size`` px a side."""
+    pad = ((0, max(0, size - mask.shape[0])), (0, max(0, size - mask.shape[1])))
+    return np.pad(mask, pad, constant_values=IGNORE_INDEX) if pad != ((0, 0), (0, 0)) else mask
+
+
 def scan_windows(mask: np.ndarray, settings: ChipSettings) -> ChipWindows:
     """All sliding windows over ``mask`` ((H, W) uint8: 0, 1, 255) with their class and nodata fractions,
-    in row-major order (fractions are counts / window area, so they compare exactly with thresholds)."""
+    in row-major order (fractions are counts / window area, so they compare exactly with thresholds).
+    ``mask`` is at least one window on each side (``pad_to_window``)."""
     size = settings.size
     rows = window_offsets(mask.shape[0], size, settings.stride)
     cols = window_offsets(mask.shape[1], size, settings.stride)
@@ -143,8 +154,10 @@ def chip_scene(
     grid (e.g. {"normalized": ..., "tci": ...}); ``classes``: the names of mask values 0 and 1, keys of
     each record's class fractions; ``sources``: the source products every chip records. Stores per kept
     chip the images as (N, C, size, size) arrays and the mask as ``mask`` (N, size, size), plus
-    ``chips.json`` with the chip records (``split`` left empty) and ``stamp``. A scene with no kept chip is stored with empty arrays. Raises NoChips when the
-    raster is smaller than one chip, InputError when an image is off its grid or not uint8.
+    ``chips.json`` with the chip records (``split`` left empty) and ``stamp``. A scene with no kept chip
+    is stored with empty arrays. A raster smaller than one chip gets padded windows (the module's
+    small-scene policy); when none of them is kept, NoChips says the raster is too small. InputError
+    when an image is off its grid or not uint8.
     """
     label_path = Path(label_path)
     check_same_grid({MASK_ARRAY: label_path, **{name: Path(p) for name, p in images.items()}}, f"scene {scene}")
@@ -153,10 +166,12 @@ def chip_scene(
         transform, crs = src.transform, src.crs.to_wkt()
     height, width = mask.shape
     size = settings.size
-    if height < size or width < size:
-        raise NoChips(f"scene {scene}", f"raster {width}x{height} px is smaller than one chip ({size}x{size} px)")
+    padded = height < size or width < size
+    mask = pad_to_window(mask, size)
     all_windows = scan_windows(mask, settings)
     kept = all_windows.subset(keep(all_windows))
+    if padded and not len(kept):
+        raise NoChips(f"scene {scene}", f"raster {width}x{height} px is smaller than one chip ({size}x{size} px)")
     log.info("chip %s: kept %d of %d windows", scene, len(kept), len(all_windows))
 
     readers = {name: rasterio.open(path) for name, path in images.items()}
@@ -172,8 +187,8 @@ def chip_scene(
                 cols = kept.col_off[kept.row_off == row_off]
                 row_window = Window(int(cols[0]), int(row_off), int(cols[-1] - cols[0]) + size, size)
                 for name, src in readers.items():
-                    with reading(Path(src.name), f"{name} raster"):
-                        strip = src.read(window=row_window)
+                    with reading(Path(src.name), f"{name} raster"):  # boundless: padding of a small raster
+                        strip = src.read(window=row_window, boundless=padded, fill_value=0)
                     writers[name].append(np.stack([strip[:, :, c - cols[0]:c - cols[0] + size] for c in cols]))
                 writers[MASK_ARRAY].append(np.stack([mask[row_off:row_off + size, c:c + size] for c in cols]))
             records = [chip_record(scene, i, kept, size, tuple(sources), crs, transform, classes)

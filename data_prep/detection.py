@@ -21,7 +21,8 @@ rule, optionally by groups of scenes) and writes the COCO files, the manifest an
 
 Chip rule (``DetectionChipSettings``): windows of ``size`` px step by ``size * (1 - overlap)``, the last
 one flush with the scene's edge; a scene smaller than a window along a side gets one window there,
-padded with zeros beyond the image (``nodata_fraction`` in the manifest). An object cut by a window's
+padded with zeros beyond the image (``nodata_fraction`` in the manifest; the small-scene policy of
+``data_prep.chipping``). An object cut by a window's
 border is kept, clipped, when at least ``min_visible`` of its area lies in the window (DOTA_devkit's
 0.7), else dropped (or kept as an ignored region with ``ignore_cut``); a difficult object is an ignored
 region wherever any of it lies in the window. Every window with an object that is not ignored is kept,
@@ -302,12 +303,6 @@ def load_labels(config: PrepConfig) -> LabelIndex:
 
 # --- chip stage -----------------------------------------------------------------------------------------------------
 
-def axis_offsets(length: int, size: int, stride: int) -> np.ndarray:
-    """Window offsets (px) along a side of ``length``: window_offsets', or one window at 0 when the side
-    is shorter than a window (padded)."""
-    return window_offsets(length, size, stride) if length >= size else np.zeros(1, dtype=np.int64)
-
-
 def cut_boxes(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
               settings: DetectionChipSettings) -> np.ndarray:
     """The objects of every window (rows x cols offsets, row-major window index ``r * len(cols) + c``):
@@ -482,8 +477,8 @@ def chip_detection_scene(name: str, index: LabelIndex, out_root: Path, settings:
     A scene without a kept chip is stored with empty arrays. InputError naming the image when it cannot
     be read."""
     info, size = index.image(name), settings.size
-    rows = axis_offsets(info.height, size, settings.stride)
-    cols = axis_offsets(info.width, size, settings.stride)
+    rows = window_offsets(info.height, size, settings.stride)
+    cols = window_offsets(info.width, size, settings.stride)
     table = cut_boxes(index.scene_objects(name), rows, cols, size, settings)
     keep = select_windows(table, len(rows) * len(cols), settings, name)
     kept = np.flatnonzero(keep)

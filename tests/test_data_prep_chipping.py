@@ -36,13 +36,13 @@ def write(path: Path, data: np.ndarray, nodata=0, transform=TRANSFORM) -> Path:
     (300, 256, 192, [0, 44]),
     (448, 256, 192, [0, 192]),
     (500, 256, 192, [0, 192, 244]),
-    (255, 256, 192, []),
+    (255, 256, 192, [0]),                                   # shorter than a window: one, padded
     (10, 4, 3, [0, 3, 6]),
 ])
 def test_window_offsets_cover_the_far_edge(length, size, stride, expected):
     offsets = window_offsets(length, size, stride)
     assert offsets.tolist() == expected
-    if expected:
+    if length >= size:
         assert offsets[-1] + size == length                      # last window flush with the edge
         assert np.all(np.diff(offsets) <= stride)                # no gap between windows
 
@@ -157,9 +157,25 @@ def test_scene_without_kept_chips_is_stored_empty(tmp_path, scene_rasters):
     assert result.records == [] and np.load(tmp_path / result.arrays["mask"]).shape == (0, 32, 32)
 
 
-def test_raster_smaller_than_a_chip(tmp_path, scene_rasters):
-    with pytest.raises(NoChips, match=r"scene s: raster 100x90 px is smaller than one chip \(96x96 px\)"):
-        chip(scene_rasters["label"], {}, tmp_path / "out", BurnChipSettings(size=96))
+def test_raster_smaller_than_a_chip_gets_padded_windows(tmp_path, scene_rasters):
+    """The small-scene policy: 90 rows < 96 px gives one window row, padded with nodata (255 in the mask,
+    0 in images); the padding counts as nodata for the keep rule."""
+    result = chip(scene_rasters["label"], {"normalized": scene_rasters["normalized"]}, tmp_path / "out",
+                  BurnChipSettings(size=96, min_class_fraction=0.1, max_nodata_fraction=0.1))
+    assert [(r.row_off, r.col_off) for r in result.records] == [(0, 0), (0, 4)]
+    mask = np.load(tmp_path / "out" / result.arrays["mask"])
+    image = np.load(tmp_path / "out" / result.arrays["normalized"])
+    for record in result.records:
+        window = np.s_[:, record.col_off:record.col_off + 96]
+        np.testing.assert_array_equal(mask[record.index, :90], scene_rasters["mask"][window])
+        np.testing.assert_array_equal(image[record.index, :, :90], scene_rasters["image"][(slice(None), *window)])
+        assert (mask[record.index, 90:] == IGNORE_INDEX).all() and (image[record.index, :, 90:] == 0).all()
+        assert record.nodata_fraction == pytest.approx(6 / 96)
+
+
+def test_raster_smaller_than_a_chip_whose_padded_window_is_not_kept(tmp_path, scene_rasters):
+    with pytest.raises(NoChips, match=r"scene s: raster 100x90 px is smaller than one chip \(128x128 px\)$"):
+        chip(scene_rasters["label"], {}, tmp_path / "out", BurnChipSettings(size=128, max_nodata_fraction=0.1))
     assert not (tmp_path / "out" / "scenes").exists()
 
 

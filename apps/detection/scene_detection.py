@@ -82,7 +82,7 @@ def detect_scene(task: Any, scene: Path, out: Path, chip_size: int = 512, overla
 
     The scene's first three bands are read as uint8 RGB / 255 (as the training chips were stored);
     windows of ``chip_size`` px overlap by ``overlap`` (a fraction); a scene smaller than a window is
-    padded with zeros. Detections below ``score_threshold`` are dropped before the merge. Returns a
+    padded with zeros (the preps' small-scene policy, ``data_prep.chipping``). Detections below ``score_threshold`` are dropped before the merge. Returns a
     summary (paths, size, boxes per class). InputError names the scene when it cannot be used;
     then nothing is written.
     """
@@ -97,8 +97,8 @@ def detect_scene(task: Any, scene: Path, out: Path, chip_size: int = 512, overla
                                  f"(as the training chips)")
             width, height, crs, transform = src.width, src.height, src.crs, src.transform
             stride = ChipSettings(size=chip_size, overlap=overlap).stride
-            windows = [(r, c) for r in window_offsets(max(height, chip_size), chip_size, stride)
-                       for c in window_offsets(max(width, chip_size), chip_size, stride)]
+            windows = [(r, c) for r in window_offsets(height, chip_size, stride)
+                       for c in window_offsets(width, chip_size, stride)]
             found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
             task.eval().to(device)
             with torch.inference_mode():

@@ -93,7 +93,7 @@ def predict_scene(
     ``inputs`` maps each sample key to uint8 rasters (their bands stacked in order), all on one grid, read
     as value / 255 like the training chips. A pixel is valid where every raster has data (some band not 0
     or its nodata value).
-    A grid smaller than a chip is padded with nodata. The class is predicted where its probability
+    A grid smaller than a chip is padded with nodata (the small-scene policy of ``data_prep.chipping``). The class is predicted where its probability
     (class ``positive_class``) >= ``threshold``. Returns a summary (paths, pixel counts, area in ha,
     polygons). Raises InputError for an unusable input or one without any valid pixel; then nothing is
     written.
