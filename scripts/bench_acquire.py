@@ -4,7 +4,7 @@
                                     [--bandwidth-mbit 200] [--repeats 3] [--quick]
 
 Writes (not timed) one synthetic burned-area scene of ``size`` x ``size`` px as COGs with ``blocksize`` px tiles
-(``tests/stac_standin.synthetic_s2_catalog``) and serves it from the local STAC stand-in, whose asset answers wait
+(``geoscale_standins.stac.synthetic_s2_catalog``) and serves it from the local STAC stand-in, whose asset answers wait
 ``latency-ms`` and stream at most ``bandwidth-mbit`` per connection (a distant bucket; 0: loopback speed). Then,
 for the bands the burned-area prep reads (B02, B03, B04, TCI) and a square area of ``area-px`` px in the middle of
 the scene, with the code ``data_prep.acquire`` runs (``data_prep.fetch``: ``cut`` and ``Fetcher.download``):
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +29,9 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the STAC stand-in lives with the tests
-
-from data_prep.fetch import Fetcher, SceneJob, cut  # noqa: E402
-from data_prep.stac import CatalogSettings, DownloadSettings  # noqa: E402
-from stac_standin import BAND_ASSET_KEYS, StacStandin, synthetic_s2_catalog  # noqa: E402
+from data_prep.fetch import Fetcher, SceneJob, cut
+from data_prep.stac import CatalogSettings, DownloadSettings
+from geoscale_standins.stac import BAND_ASSET_KEYS, StacStandin, synthetic_s2_catalog
 
 COLLECTION = "sentinel-2-l2a"
 BANDS = ("B02", "B03", "B04", "TCI")

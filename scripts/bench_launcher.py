@@ -26,7 +26,7 @@ from pathlib import Path
 
 from kubernetes import client, watch
 
-from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+from geoscale_standins.kubernetes import KubeStandIn
 from hydra_plugins.geoscale_kubernetes_launcher.launcher import LAUNCH_SUMMARY
 
 REPO = Path(__file__).resolve().parents[1]

@@ -37,7 +37,6 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the STAC stand-in and its synthetic catalogues
 
 BUCKET = "geoscale-study"
 SKIPPED_EXIT_CODE = 77
@@ -71,7 +70,7 @@ def tiny_encoder_weights(folder: Path) -> Path:
 
 def serve_weights(stack: ExitStack, workspace: Path) -> Path:
     """A weights catalogue naming a tiny encoder checkpoint served over HTTP; its path."""
-    from stac_standin import StacStandin
+    from geoscale_standins.stac import StacStandin
 
     (workspace / "served_weights").mkdir(exist_ok=True)
     served = tiny_encoder_weights((workspace / "served_weights").resolve())
@@ -86,7 +85,7 @@ def serve_weights(stack: ExitStack, workspace: Path) -> Path:
 
 def serve_scenes(stack: ExitStack, workspace: Path) -> tuple[str, dict[str, Path]]:
     """A STAC stand-in serving synthetic burned-area scenes and deforestation pairs: (its URL, polygon files)."""
-    from stac_standin import StacStandin, synthetic_s2_catalog
+    from geoscale_standins.stac import StacStandin, synthetic_s2_catalog
 
     catalogs = {"burns": synthetic_s2_catalog(workspace / "stac" / "burns", app="burned_area", n_products=3, size=256),
                 "prodes": synthetic_s2_catalog(workspace / "stac" / "prodes", app="deforestation", n_products=2,
@@ -225,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", type=Path, default=None,
                         help="where the volumes, sweeps and tables go (default: outputs/rehearsal/<time>)")
     args = parser.parse_args(argv)
-    from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn, Kubelet
+    from geoscale_standins.kubernetes import KubeStandIn, Kubelet
 
     if not Kubelet.available():
         print("rehearse_study: mount namespaces are not available here (needs unshare as root); skipped",

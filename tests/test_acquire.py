@@ -219,7 +219,7 @@ def test_deforestation_window_is_the_prodes_window_of_the_areas_polygons(tmp_pat
 
 
 def test_hrefs_are_signed_as_they_are_read_and_signed_urls_are_redacted(monkeypatch):
-    from stac_standin import StacStandin
+    from geoscale_standins.stac import StacStandin
     from planetary_computer.settings import Settings
 
     with StacStandin() as stac:

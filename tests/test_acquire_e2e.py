@@ -23,7 +23,7 @@ from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, NOT_READY_EXIT_CODE, 
 from data_prep.acquire import REMOTE_ERROR_EXIT_CODE, AcquireConfig, acquire
 from data_prep.areas import AreaSettings
 from data_prep.stac import CatalogSettings, DownloadSettings, RemoteError
-from stac_standin import StacStandin, synthetic_s2_catalog
+from geoscale_standins.stac import StacStandin, synthetic_s2_catalog
 
 EARTH_SEARCH = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "SCL": "scl", "TCI": "visual"}
 FAST = DownloadSettings(retries=2, backoff_s=0.05, timeout_s=10, chunk_bytes=4096)
@@ -125,7 +125,7 @@ def test_a_cog_is_read_by_its_window_only(tmp_path):
     import geopandas as gpd
     from shapely.geometry import box
 
-    from stac_standin import describe_asset, sentinel2_item, write_cog
+    from geoscale_standins.stac import describe_asset, sentinel2_item, write_cog
 
     west, north, crs = 500_000.0, 5_500_000.0, "EPSG:32610"
     transform = rasterio.Affine(10, 0, west, 0, -10, north)

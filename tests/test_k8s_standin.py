@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+from geoscale_standins.kubernetes import KubeStandIn
 from coretools import wait_until
 
 NS = "default"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from coretools import wait_until
-from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn, Kubelet
+from geoscale_standins.kubernetes import KubeStandIn, Kubelet
 
 pytestmark = pytest.mark.skipif(not Kubelet.available(), reason="mount namespaces are not available here")
 

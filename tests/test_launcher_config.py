@@ -125,7 +125,7 @@ def test_unreachable_api_server_is_one_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_sweeper_gets_each_pod_result(tmp_path):
-    from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+    from geoscale_standins.kubernetes import KubeStandIn
 
     values = iter([0.2, 0.9, 0.4, 0.6])
     with KubeStandIn(workdir=tmp_path, instant_pods=True,
@@ -144,7 +144,7 @@ def test_optuna_sweeper_gets_each_pod_result(tmp_path):
 def test_sweep_on_a_volume_not_mounted_here_still_reads_like_a_local_one(tmp_path):
     """The pods write their run dirs elsewhere (output_root_in_pod); the local sweep directory gets each
     point's .hydra/ files and, from its pod's result line, its metrics record."""
-    from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+    from geoscale_standins.kubernetes import KubeStandIn
 
     def pod_result(job: dict) -> dict:
         command = job["spec"]["template"]["spec"]["containers"][0]["command"]

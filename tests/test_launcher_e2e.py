@@ -17,7 +17,7 @@ import pytest
 from coretools import REPO, TINY_MODEL, wait_until
 
 from data_prep.synthetic_chips import make_chip_dataset
-from hydra_plugins.geoscale_kubernetes_launcher._standin import KubeStandIn
+from geoscale_standins.kubernetes import KubeStandIn
 
 NAMESPACE = "geoscale-test"
 SWEEP_TIMEOUT_S = 300

@@ -56,7 +56,7 @@ def test_wheel_has_no_top_level_conf_and_every_module_of_the_package_list(wheel)
     modules = {path.relative_to(REPO).as_posix() for folder in ("apps", "data_prep") for path in
                (REPO / folder).rglob("*.py")}
     modules |= {path.relative_to(REPO / "launchers").as_posix() for path in
-                (REPO / "launchers" / "hydra_plugins").rglob("*.py")}
+                (REPO / "launchers").rglob("*.py")}
     assert modules and not modules - names, f"not in the wheel (pyproject.toml's packages): {sorted(modules - names)}"
 
 

@@ -169,7 +169,7 @@ def stac_catalog(workspace: Path) -> Iterator[str]:
     are the README's ``data/burns.gpkg`` and ``data/prodes.gpkg``; yields its URL."""
     import geopandas as gpd
 
-    from stac_standin import StacStandin, synthetic_s2_catalog
+    from geoscale_standins.stac import StacStandin, synthetic_s2_catalog
 
     catalogs = {"burns": synthetic_s2_catalog(workspace / "stac" / "burns", app="burned_area", n_products=3, size=256),
                 "prodes": synthetic_s2_catalog(workspace / "stac" / "prodes", app="deforestation", n_products=2,
@@ -191,7 +191,7 @@ def weights_server(workspace: Path) -> Iterator[Path]:
     import yaml
 
     from apps.foundation.catalogue import read_catalogue
-    from stac_standin import StacStandin
+    from geoscale_standins.stac import StacStandin
 
     folder = workspace / "served_weights"
     folder.mkdir(exist_ok=True)

@@ -17,7 +17,7 @@ from pystac_client.stac_api_io import StacApiIO
 from rasterio.windows import Window
 from urllib3 import Retry
 
-from stac_standin import (COG_MEDIA_TYPE, GEOTIFF_MEDIA_TYPE, StacStandin, describe_asset, sentinel2_item,
+from geoscale_standins.stac import (COG_MEDIA_TYPE, GEOTIFF_MEDIA_TYPE, StacStandin, describe_asset, sentinel2_item,
                           synthetic_s2_catalog, write_cog, write_plain_tiff)
 
 COLLECTION = "sentinel-2-l2a"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from coretools import run_module
-from stac_standin import StacStandin
+from geoscale_standins.stac import StacStandin
 
 from apps.foundation.catalogue import read_catalogue
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE

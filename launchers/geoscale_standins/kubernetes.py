@@ -9,8 +9,8 @@ container as a local process and reports Complete or Failed the way Kubernetes 1
     with KubeStandIn(workdir=repo, secrets={"s3": {"key": "..."}}) as server:
         configuration = kubernetes.client.Configuration(host=server.url)
 
-The launcher never imports this module; its leading underscore keeps Hydra's plugin scan, which
-imports every other module of the package at each app start, from loading it.
+The launcher never imports this module: it lives outside the plugin package, which Hydra's plugin
+scan imports whole at each app start.
 """
 
 import copy
@@ -28,10 +28,10 @@ import uuid
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
-from urllib.parse import parse_qs, urlsplit
+
+from .serving import ServedStandIn, StandInHandler
 
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 ROUTES = [
@@ -199,7 +199,104 @@ class Kubelet:
                 str(self.image_root or ""), workdir, *mounts, "--", *argv]
 
 
-class KubeStandIn:
+class KubeHandler(StandInHandler):
+    """HTTP front of a ``KubeStandIn``: routing, verbs, JSON, chunked watch streams."""
+
+    standin: "KubeStandIn"
+    methods = ("GET", "POST", "DELETE", "PUT", "PATCH")
+
+    def internal_error(self, error: Exception) -> dict:
+        return status_object(500, "InternalError", f"stand-in error: {error!r}")
+
+    def answer(self, method: str) -> None:
+        standin = self.standin
+        path, query = self.request_target()
+        body = self.read_body()
+        try:
+            if path == "/version" and method == "GET":
+                self.send_json(200, VERSION)
+                return
+            route = next((m for pattern in ROUTES if (m := pattern.match(path))), None)
+            if route is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            resource, namespace, name, sub = route.group("resource", "ns", "name", "sub")
+            verb = self._verb(method, name, sub, query)
+            with standin._lock:
+                standin.request_counts[verb] += 1
+            if verb in ("create", "delete", "deletecollection", "get", "log") and namespace is None:
+                raise ApiError(404, "NotFound", "the server could not find the requested resource")
+            if verb == "create":
+                if resource not in CREATABLE:
+                    raise ApiError(405, "MethodNotAllowed", f"create is not supported for {resource} here")
+                self.send_json(201, standin.create(resource, namespace, json.loads(body or b"{}")))
+            elif verb == "get":
+                self.send_json(200, standin.get(resource, namespace, name))
+            elif verb == "log":
+                self._send_log(namespace, name, query.get("tailLines"))
+            elif verb == "list":
+                self.send_json(200, standin.list_objects(resource, namespace, query.get("labelSelector", "")))
+            elif verb == "watch":
+                self._stream_watch(resource, namespace, query)
+            elif verb == "delete":
+                options = json.loads(body) if body else {}
+                propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
+                self.send_json(200, standin.delete(resource, namespace, name, propagation))
+            elif verb == "deletecollection":
+                self._delete_collection(resource, namespace, query, json.loads(body) if body else {})
+            else:
+                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported by the stand-in")
+        except ApiError as error:
+            self.send_json(error.status["code"], error.status)
+
+    @staticmethod
+    def _verb(method: str, name: str | None, sub: str | None, query: dict) -> str:
+        if method == "GET":
+            if name is None:
+                return "watch" if query.get("watch") in ("true", "1", "True") else "list"
+            return "log" if sub == "log" else "get"
+        if method == "POST" and name is None:
+            return "create"
+        if method == "DELETE":
+            return "delete" if name else "deletecollection"
+        return method.lower()
+
+    def _send_log(self, namespace: str, pod: str, tail_lines: str | None) -> None:
+        self.standin.get("pods", namespace, pod)
+        text = self.standin.pod_log(namespace, pod)
+        if tail_lines is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-int(tail_lines):]) if int(tail_lines) > 0 else ""
+        self.send_body(200, text.encode(), "text/plain")
+
+    def _stream_watch(self, resource: str, namespace: str | None, query: dict) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+
+        def send(event: dict) -> None:
+            data = json.dumps(event).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        timeout_s = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT_S)
+        self.standin.watch(resource, namespace, query.get("labelSelector", ""), query.get("resourceVersion"),
+                           timeout_s, send)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _delete_collection(self, resource: str, namespace: str, query: dict, options: dict) -> None:
+        propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
+        listed = self.standin.list_objects(resource, namespace, query.get("labelSelector", ""))
+        for obj in listed["items"]:
+            try:
+                self.standin.delete(resource, namespace, obj["metadata"]["name"], propagation)
+            except ApiError:
+                pass  # deleted meanwhile
+        self.send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+
+
+class KubeStandIn(ServedStandIn):
     """A Kubernetes API server stand-in with a job controller that runs pods as local processes.
 
     workdir: working directory of pod processes. secrets: ``{secret: {key: value}}`` for
@@ -232,23 +329,12 @@ class KubeStandIn:
         self._resource_version = 1  # "0" in a watch means "from now, with the current objects"
         self._forgotten_before = 0  # watches from an older resourceVersion get 410 Gone
         self._stopping = False
-        self._httpd: ThreadingHTTPServer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "KubeStandIn":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        handler = type("Handler", (StandInHandler,), {"standin": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, name="kube-standin", daemon=True).start()
+    handler, thread_name = KubeHandler, "kube-standin"
 
     def stop(self) -> None:
+        """Stop every pod process, then serving."""
         with self._lock:
             self._stopping = True
             runs = list(self._runs.values())
@@ -257,14 +343,7 @@ class KubeStandIn:
             run.finished.set()
             for process in list(run.processes.values()):
                 kill_process_group(process)
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        super().stop()
 
     # -- inspection and faults -----------------------------------------------------------------
     @property
@@ -744,135 +823,3 @@ def kill_process_group(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-class StandInHandler(BaseHTTPRequestHandler):
-    """HTTP front of a ``KubeStandIn``: routing, verbs, JSON, chunked watch streams."""
-
-    standin: KubeStandIn
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
-
-    def log_message(self, *args) -> None:
-        """Quiet: tests read the request counts instead."""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def _serve(self, method: str) -> None:
-        standin = self.standin
-        url = urlsplit(self.path)
-        query = {key: values[-1] for key, values in parse_qs(url.query).items()}
-        body = self._read_body()
-        try:
-            if url.path == "/version" and method == "GET":
-                self._send_json(200, VERSION)
-                return
-            route = next((m for pattern in ROUTES if (m := pattern.match(url.path))), None)
-            if route is None:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            resource, namespace, name, sub = route.group("resource", "ns", "name", "sub")
-            verb = self._verb(method, name, sub, query)
-            with standin._lock:
-                standin.request_counts[verb] += 1
-            if verb in ("create", "delete", "deletecollection", "get", "log") and namespace is None:
-                raise ApiError(404, "NotFound", "the server could not find the requested resource")
-            if verb == "create":
-                if resource not in CREATABLE:
-                    raise ApiError(405, "MethodNotAllowed", f"create is not supported for {resource} here")
-                self._send_json(201, standin.create(resource, namespace, json.loads(body or b"{}")))
-            elif verb == "get":
-                self._send_json(200, standin.get(resource, namespace, name))
-            elif verb == "log":
-                self._send_log(namespace, name, query.get("tailLines"))
-            elif verb == "list":
-                self._send_json(200, standin.list_objects(resource, namespace, query.get("labelSelector", "")))
-            elif verb == "watch":
-                self._stream_watch(resource, namespace, query)
-            elif verb == "delete":
-                options = json.loads(body) if body else {}
-                propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
-                self._send_json(200, standin.delete(resource, namespace, name, propagation))
-            elif verb == "deletecollection":
-                self._delete_collection(resource, namespace, query, json.loads(body) if body else {})
-            else:
-                raise ApiError(405, "MethodNotAllowed", f"{method} is not supported by the stand-in")
-        except ApiError as error:
-            self._send_json(error.status["code"], error.status)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as error:  # a stand-in bug must reach the client as a 500, not a hung request
-            self._send_json(500, status_object(500, "InternalError", f"stand-in error: {error!r}"))
-
-    @staticmethod
-    def _verb(method: str, name: str | None, sub: str | None, query: dict) -> str:
-        if method == "GET":
-            if name is None:
-                return "watch" if query.get("watch") in ("true", "1", "True") else "list"
-            return "log" if sub == "log" else "get"
-        if method == "POST" and name is None:
-            return "create"
-        if method == "DELETE":
-            return "delete" if name else "deletecollection"
-        return method.lower()
-
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
-
-    def _send_json(self, code: int, obj: dict) -> None:
-        self._send_bytes(code, json.dumps(obj).encode(), "application/json")
-
-    def _send_bytes(self, code: int, data: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_log(self, namespace: str, pod: str, tail_lines: str | None) -> None:
-        self.standin.get("pods", namespace, pod)
-        text = self.standin.pod_log(namespace, pod)
-        if tail_lines is not None:
-            lines = text.splitlines(keepends=True)
-            text = "".join(lines[-int(tail_lines):]) if int(tail_lines) > 0 else ""
-        self._send_bytes(200, text.encode(), "text/plain")
-
-    def _stream_watch(self, resource: str, namespace: str | None, query: dict) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-
-        def send(event: dict) -> None:
-            data = json.dumps(event).encode() + b"\n"
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-        timeout_s = float(query.get("timeoutSeconds") or DEFAULT_WATCH_TIMEOUT_S)
-        self.standin.watch(resource, namespace, query.get("labelSelector", ""), query.get("resourceVersion"),
-                           timeout_s, send)
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
-
-    def _delete_collection(self, resource: str, namespace: str, query: dict, options: dict) -> None:
-        propagation = query.get("propagationPolicy") or options.get("propagationPolicy")
-        listed = self.standin.list_objects(resource, namespace, query.get("labelSelector", ""))
-        for obj in listed["items"]:
-            try:
-                self.standin.delete(resource, namespace, obj["metadata"]["name"], propagation)
-            except ApiError:
-                pass  # deleted meanwhile
-        self._send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})

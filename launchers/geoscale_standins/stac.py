@@ -51,10 +51,9 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Mapping, NamedTuple, Sequence
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import numpy as np
 import rasterio
@@ -67,6 +66,8 @@ from shapely import segmentize
 from shapely.geometry import box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 from shapely.ops import unary_union
+
+from .serving import ServedStandIn, StandInHandler
 
 STAC_VERSION = "1.0.0"
 CONFORMANCE = [
@@ -291,7 +292,121 @@ class Search:
         return True
 
 
-class StacStandin:
+class StacHandler(StandInHandler):
+    """HTTP front of a ``StacStandin``: routing, faults, JSON answers, asset bytes with ranges."""
+
+    standin: StacStandin
+    methods = ("GET", "HEAD", "POST")
+    keep_blank_query_values = True
+
+    def internal_error(self, error: Exception) -> dict:
+        return {"code": "InternalServerError", "description": repr(error)}
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._record.status = code
+        super().send_response(code, message)
+
+    def write_body(self, data: bytes) -> None:
+        self._record.bytes_sent += len(data)
+        self.wfile.write(data)
+
+    def answer(self, method: str) -> None:
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self._record = RequestRecord(method, self.path, headers, None, 0, time.monotonic())
+        self.standin._log_request(self._record)
+        path, query = self.request_target()
+        body = self.read_body()
+        try:
+            route, groups = self._route(path)
+            if method == "POST" and route != "search":
+                raise StacError(405, f"POST is not supported on {path}")
+            if fault := self.standin._take_fault(route):
+                retry = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
+                raise StacError(fault.status, f"injected fault on {route}", retry)
+            if route == "asset":
+                self._send_asset(groups["item"], groups["filename"], query, method == "HEAD")
+            else:
+                obj, content_type = self._answer(route, groups, method, query, body)
+                self.send_json(200, obj, content_type)
+        except StacError as error:
+            self.send_body(error.status, error.body, error.content_type, error.headers)
+
+    @staticmethod
+    def _route(path: str) -> tuple[str, dict[str, str]]:
+        for name, pattern in ROUTES:
+            if match := pattern.match(path):
+                return name, {key: unquote(value) for key, value in match.groupdict().items()}
+        raise StacError(404, f"{path} not found")
+
+    def _answer(self, route: str, groups: dict, method: str, query: dict, body: bytes) -> tuple[dict, str]:
+        standin = self.standin
+        if route == "landing":
+            return standin._landing(), "application/json"
+        if route == "conformance":
+            return {"conformsTo": CONFORMANCE}, "application/json"
+        if route == "collections":
+            links = [{"rel": "self", "href": f"{standin.url}/collections", "type": "application/json"},
+                     {"rel": "root", "href": f"{standin.url}/", "type": "application/json"}]
+            return {"collections": [standin._collection(c) for c in standin.collections], "links": links}, \
+                "application/json"
+        if route == "collection":
+            return standin._collection(groups["collection"]), "application/json"
+        if route == "item":
+            return standin._item(groups["collection"], groups["item"]), GEOJSON
+        if route == "items":
+            standin._collection(groups["collection"])
+            search = Search.from_get({**query, "collections": groups["collection"]})
+            return standin._search(search, urlsplit(self.path).path, "GET", query), GEOJSON
+        if route == "search":
+            if method == "POST":
+                try:
+                    parameters = json.loads(body or b"{}")
+                except ValueError:
+                    raise StacError(400, "search: the body is not JSON") from None
+                return standin._search(Search.from_json(parameters), "/search", "POST", {}), GEOJSON
+            return standin._search(Search.from_get(query), "/search", "GET", query), GEOJSON
+        return standin._issue_sas_token(), "application/json"  # route "sas"
+
+    def _send_asset(self, item_id: str, filename: str, query: dict, head: bool) -> None:
+        standin = self.standin
+        asset, size = standin._asset(item_id, filename)
+        if standin.asset_authorization is not None and self.headers.get("Authorization") != standin.asset_authorization:
+            scheme = standin.asset_authorization.split(" ", 1)[0]
+            raise StacError(401, "missing or wrong credentials", {"WWW-Authenticate": f'{scheme} realm="assets"'})
+        if asset.signed:
+            standin._check_sas(query)
+        start, end, status = 0, size - 1, 200  # end inclusive
+        if byte_range := parse_range(self.headers.get("Range"), size):
+            start, end = byte_range
+            status = 206
+        drop = None if head else standin._take_drop(item_id, filename, end - start + 1)
+        time.sleep(standin.asset_latency_s)
+        self.send_response(status)
+        self.send_header("Content-Type", asset.media_type)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(end - start + 1))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.end_headers()
+        if head:
+            return
+        remaining = end - start + 1 if drop is None else drop[0]
+        with open(asset.path, "rb") as f:
+            f.seek(start)
+            while remaining > 0:
+                chunk = f.read(min(STREAM_CHUNK_BYTES, remaining))
+                if standin.asset_bandwidth_bytes_per_s:  # each chunk goes out once the link could have carried it
+                    time.sleep(len(chunk) / standin.asset_bandwidth_bytes_per_s)
+                self.write_body(chunk)
+                remaining -= len(chunk)
+        if drop is not None:
+            self.close_connection = True  # the server then closes the socket: FIN after the bytes sent
+            if drop[1]:  # SO_LINGER 0: closing sends an RST instead; the descriptor closes with the handler's files
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()
+
+
+class StacStandin(ServedStandIn):
     """A STAC API server on 127.0.0.1 (a free port) serving the items and asset files added to it.
 
     collections: the collection ids it holds. page_size: the most items per page of a search (and the page size
@@ -315,7 +430,6 @@ class StacStandin:
         self.asset_latency_s = asset_latency_s
         self.asset_bandwidth_bytes_per_s = asset_bandwidth_bytes_per_s
         self.requests: list[RequestRecord] = []
-        self.url = ""
         self._lock = threading.Lock()
         self._items: dict[str, dict] = {}  # id -> item
         self._files: dict[tuple[str, str], AssetFile] = {}  # (item id, filename) -> file
@@ -323,30 +437,8 @@ class StacStandin:
         self._drops: dict[str, list] = {}  # filename or item_id/filename -> [nbytes, times left, reset]
         self._truncated: dict[str, int] = {}  # filename or item_id/filename -> nbytes served
         self._sas_tokens: dict[str, SasToken] = {}  # signature -> token
-        self._httpd: ThreadingHTTPServer | None = None
 
-    # -- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> "StacStandin":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-    def start(self) -> None:
-        handler = type("Handler", (StacHandler,), {"standin": self})
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._httpd.daemon_threads = True
-        host, port = self._httpd.server_address[:2]
-        self.url = f"http://{host}:{port}"
-        threading.Thread(target=self._httpd.serve_forever, args=(0.05,), name="stac-standin", daemon=True).start()
-
-    def stop(self) -> None:
-        """Stop serving; ``url`` then refuses connections (an unreachable catalogue)."""
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+    handler, thread_name = StacHandler, "stac-standin"
 
     # -- content -------------------------------------------------------------------------------
     def add_item(self, item: dict, assets: Mapping[str, Path], signed: bool = False) -> dict:
@@ -354,7 +446,7 @@ class StacStandin:
         file: its href becomes ``{url}/assets/{item_id}/{filename}``. ``signed``: asset requests need a SAS token
         (no token: 409 PublicAccessNotPermitted; an unknown or expired one: 403 AuthenticationFailed, as Azure
         Blob Storage answers). Returns the stored item (a copy)."""
-        if self._httpd is None:
+        if not self.serving:
             raise RuntimeError("start the stand-in before adding items: their hrefs name its port")
         item = copy.deepcopy(item)
         item_id, collection = item["id"], item.get("collection")
@@ -544,146 +636,6 @@ class StacStandin:
                 links.append({"rel": "next", "href": f"{self.url}{path}?{parameters}", "type": GEOJSON})
         return {"type": "FeatureCollection", "features": page, "links": links, "numberMatched": len(items),
                 "numberReturned": len(page)}
-
-
-class StacHandler(BaseHTTPRequestHandler):
-    """HTTP front of a ``StacStandin``: routing, faults, JSON answers, asset bytes with ranges."""
-
-    standin: StacStandin
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
-
-    def log_message(self, *args) -> None:
-        """Quiet: tests read ``standin.requests`` instead."""
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_HEAD(self) -> None:
-        self._serve("HEAD")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def send_response(self, code: int, message: str | None = None) -> None:
-        self._record.status = code
-        super().send_response(code, message)
-
-    def _write(self, data: bytes) -> None:
-        self._record.bytes_sent += len(data)
-        self.wfile.write(data)
-
-    def _serve(self, method: str) -> None:
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        self._record = RequestRecord(method, self.path, headers, None, 0, time.monotonic())
-        self.standin._log_request(self._record)
-        target = urlsplit(self.path)
-        query = {key: values[-1] for key, values in parse_qs(target.query, keep_blank_values=True).items()}
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        try:
-            route, groups = self._route(target.path)
-            if method == "POST" and route != "search":
-                raise StacError(405, f"POST is not supported on {target.path}")
-            if fault := self.standin._take_fault(route):
-                retry = {} if fault.retry_after is None else {"Retry-After": str(fault.retry_after)}
-                raise StacError(fault.status, f"injected fault on {route}", retry)
-            if route == "asset":
-                self._send_asset(groups["item"], groups["filename"], query, method == "HEAD")
-            else:
-                obj, content_type = self._answer(route, groups, method, query, body)
-                self._send(200, json.dumps(obj).encode(), content_type, head=method == "HEAD")
-        except StacError as error:
-            self._send(error.status, error.body, error.content_type, error.headers, head=method == "HEAD")
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as error:  # a stand-in bug must reach the client as a 500, not a hung request
-            self._send(500, json.dumps({"code": "InternalServerError", "description": repr(error)}).encode(),
-                       "application/json", head=method == "HEAD")
-
-    @staticmethod
-    def _route(path: str) -> tuple[str, dict[str, str]]:
-        for name, pattern in ROUTES:
-            if match := pattern.match(path):
-                return name, {key: unquote(value) for key, value in match.groupdict().items()}
-        raise StacError(404, f"{path} not found")
-
-    def _answer(self, route: str, groups: dict, method: str, query: dict, body: bytes) -> tuple[dict, str]:
-        standin = self.standin
-        if route == "landing":
-            return standin._landing(), "application/json"
-        if route == "conformance":
-            return {"conformsTo": CONFORMANCE}, "application/json"
-        if route == "collections":
-            links = [{"rel": "self", "href": f"{standin.url}/collections", "type": "application/json"},
-                     {"rel": "root", "href": f"{standin.url}/", "type": "application/json"}]
-            return {"collections": [standin._collection(c) for c in standin.collections], "links": links}, \
-                "application/json"
-        if route == "collection":
-            return standin._collection(groups["collection"]), "application/json"
-        if route == "item":
-            return standin._item(groups["collection"], groups["item"]), GEOJSON
-        if route == "items":
-            standin._collection(groups["collection"])
-            search = Search.from_get({**query, "collections": groups["collection"]})
-            return standin._search(search, urlsplit(self.path).path, "GET", query), GEOJSON
-        if route == "search":
-            if method == "POST":
-                try:
-                    parameters = json.loads(body or b"{}")
-                except ValueError:
-                    raise StacError(400, "search: the body is not JSON") from None
-                return standin._search(Search.from_json(parameters), "/search", "POST", {}), GEOJSON
-            return standin._search(Search.from_get(query), "/search", "GET", query), GEOJSON
-        return standin._issue_sas_token(), "application/json"  # route "sas"
-
-    def _send(self, status: int, data: bytes, content_type: str, headers: Mapping[str, str] | None = None,
-              head: bool = False) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if not head:
-            self._write(data)
-
-    def _send_asset(self, item_id: str, filename: str, query: dict, head: bool) -> None:
-        standin = self.standin
-        asset, size = standin._asset(item_id, filename)
-        if standin.asset_authorization is not None and self.headers.get("Authorization") != standin.asset_authorization:
-            scheme = standin.asset_authorization.split(" ", 1)[0]
-            raise StacError(401, "missing or wrong credentials", {"WWW-Authenticate": f'{scheme} realm="assets"'})
-        if asset.signed:
-            standin._check_sas(query)
-        start, end, status = 0, size - 1, 200  # end inclusive
-        if byte_range := parse_range(self.headers.get("Range"), size):
-            start, end = byte_range
-            status = 206
-        drop = None if head else standin._take_drop(item_id, filename, end - start + 1)
-        time.sleep(standin.asset_latency_s)
-        self.send_response(status)
-        self.send_header("Content-Type", asset.media_type)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(end - start + 1))
-        if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        self.end_headers()
-        if head:
-            return
-        remaining = end - start + 1 if drop is None else drop[0]
-        with open(asset.path, "rb") as f:
-            f.seek(start)
-            while remaining > 0:
-                chunk = f.read(min(STREAM_CHUNK_BYTES, remaining))
-                if standin.asset_bandwidth_bytes_per_s:  # each chunk goes out once the link could have carried it
-                    time.sleep(len(chunk) / standin.asset_bandwidth_bytes_per_s)
-                self._write(chunk)
-                remaining -= len(chunk)
-        if drop is not None:
-            self.close_connection = True  # the server then closes the socket: FIN after the bytes sent
-            if drop[1]:  # SO_LINGER 0: closing sends an RST instead; the descriptor closes with the handler's files
-                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                self.connection.close()
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
