@@ -24,6 +24,7 @@ from apps.foundation.rundir import POD_LOG, RESULT_MARKER
 
 from .manifests import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME, JOB_LABEL, SWEEP_LABEL
 from ._progress import ProgressView
+from ._states import IN_FLIGHT, TRANSITIONS, JobState
 
 if TYPE_CHECKING:
     from .launcher import SweepPoint
@@ -95,7 +96,8 @@ def read_result(log: str) -> dict[str, Any] | None:
 
 
 class SweepRun:
-    """Submits the points' Jobs, at most ``max_in_flight`` at a time, and follows them by watch."""
+    """Submits the points' Jobs, at most ``max_in_flight`` at a time, and follows them by watch; each
+    point's Job goes through the states of ``_states.py``."""
 
     def __init__(self, settings: dict[str, Any], sweep: str, points: list[SweepPoint], progress: ProgressView) -> None:
         self.settings, self.points, self.progress = settings, points, progress
@@ -104,9 +106,10 @@ class SweepRun:
         self.api = make_api_client(settings)
         self.host = self.api.configuration.host
         self.batch, self.core = client.BatchV1Api(self.api), client.CoreV1Api(self.api)
-        self.created: dict[str, SweepPoint] = {}
-        self.active: dict[str, SweepPoint] = {}
-        self.pending: deque[SweepPoint] = deque(points)
+        self.created: dict[str, SweepPoint] = {}  # Jobs to delete when the sweep stops early
+        self.states: dict[str, JobState] = {point.name: JobState.QUEUED for point in points}
+        self.active: dict[str, SweepPoint] = {}  # in flight, by name
+        self.pending: deque[SweepPoint] = deque(points)  # QUEUED, in submission order
         self.outcomes: dict[int, Outcome] = {}
         self.stuck_since: dict[str, float] = {}  # pod name -> when it was first seen stuck
         self.reached = False
@@ -158,6 +161,24 @@ class SweepRun:
                 self.progress.add_retry(retry_of)
             time.sleep(delay)
 
+    def _advance(self, point: SweepPoint, state: JobState, outcome: Outcome | None = None,
+                 retries: int | None = None, node: str | None = None) -> None:
+        """Move ``point`` to ``state``, as TRANSITIONS allows (else RuntimeError): keeps ``active``, records
+        ``outcome`` and shows the state in the progress view (with ``node`` and ``retries``), except for a
+        point that never got a Job. ``pending`` is left to the caller, which takes points from it."""
+        before = self.states[point.name]
+        if state not in TRANSITIONS.get(before, ()):
+            raise RuntimeError(f"Job {point.name}: no transition from {before.value} to {state.value}")
+        self.states[point.name] = state
+        if state in IN_FLIGHT:
+            self.active[point.name] = point
+        else:
+            self.active.pop(point.name, None)
+        if outcome is not None:
+            self.outcomes[point.num] = outcome
+        if before is not JobState.QUEUED or state is JobState.SUBMITTED:
+            self.progress.update(point.name, state.value, node, retries)
+
     def _refill(self) -> None:
         while self.pending and len(self.active) < self.settings["max_in_flight"]:
             point = self.pending.popleft()
@@ -171,8 +192,7 @@ class SweepRun:
                 except ApiException as error:
                     if error.status != 409:  # 409: already there, from an earlier attempt of this create
                         raise
-            self.active[point.name] = point
-            self.progress.update(point.name, "Submitted")
+            self._advance(point, JobState.SUBMITTED)
 
     def _follow(self, deadline: float | None) -> None:
         """List the sweep's Jobs, then watch them until the watch times out, breaks or all are done."""
@@ -211,18 +231,19 @@ class SweepRun:
         conditions = {c.type: c for c in status.conditions or [] if c.status == "True"}
         retries = status.failed or 0
         if "Complete" in conditions:
-            outcome = self._completed(point)
+            self._advance(point, JobState.COMPLETE, self._completed(point), retries)
         elif "Failed" in conditions:
-            outcome = self._failed(point, conditions["Failed"])
-        else:
-            row = self.progress.rows[point.name]
-            state = "Running" if status.active else "Pending" if row.state in ("Submitted", "Pending") else row.state
-            node = row.node or (self._node_of(point) if status.active else "")
-            self.progress.update(point.name, state, node, retries)
+            self._advance(point, JobState.FAILED, self._failed(point, conditions["Failed"]), retries)
+        elif status.active:
+            self._advance(point, JobState.RUNNING, retries=retries,
+                          node=self.progress.rows[point.name].node or self._node_of(point))
             return
-        del self.active[point.name]
-        self.outcomes[point.num] = outcome
-        self.progress.update(point.name, "Complete" if outcome.completed else "Failed", retries=retries)
+        elif self.states[point.name] is JobState.SUBMITTED:
+            self._advance(point, JobState.PENDING, retries=retries)
+            return
+        else:  # no pod active now: the state stays, and so does a waiting reason the view shows
+            self.progress.update(point.name, retries=retries)
+            return
         self._refill()
 
     def _check_pods(self) -> None:
@@ -242,21 +263,18 @@ class SweepRun:
                 continue
             since = self.stuck_since.setdefault(pod.metadata.name, now)
             if now - since >= self.settings["stuck_pod_grace_s"]:
-                del self.active[point.name]
-                self._delete(self.batch.delete_namespaced_job, point.name)
-                self.outcomes[point.num] = Outcome(completed=False, reason=(
+                self._advance(point, JobState.FAILED, Outcome(completed=False, reason=(
                     f"Job {point.name}: pod {pod.metadata.name} waited {now - since:.0f} s on {waiting.reason} "
-                    f"({waiting.message or 'no message'}); deleted"))
-                self.progress.update(point.name, "Failed")
+                    f"({waiting.message or 'no message'}); deleted")))
+                self._delete(self.batch.delete_namespaced_job, point.name)
         self._refill()
 
     def _gone(self, name: str) -> None:
         """A Job of this sweep that is no longer there: deleted by someone else (or its TTL) before it finished."""
-        point = self.active.pop(name, None)
+        point = self.active.get(name)
         if point is None:
             return
-        self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {name} was deleted before it finished")
-        self.progress.update(name, "Deleted")
+        self._advance(point, JobState.DELETED, Outcome(completed=False, reason=f"Job {name} was deleted before it finished"))
         self._refill()
 
     def _pods(self, point: SweepPoint) -> list[client.V1Pod]:
@@ -304,12 +322,14 @@ class SweepRun:
         return Outcome(completed=False, reason=f"{reason}; log tail in {point.run_dir / POD_LOG}")
 
     def _time_out(self, timeout: float) -> None:
-        for point in [*self.active.values(), *self.pending]:
-            self.outcomes[point.num] = Outcome(completed=False, reason=f"Job {point.name} not finished within the "
-                                                                       f"sweep timeout of {timeout:g} s; deleted")
-        self.delete_all()
-        self.active.clear()
+        def timed_out(point: SweepPoint) -> Outcome:
+            return Outcome(completed=False, reason=f"Job {point.name} not finished within the sweep timeout of "
+                                                   f"{timeout:g} s; deleted")
+
+        for point in self.pending:
+            self._advance(point, JobState.FAILED, timed_out(point))
         self.pending.clear()
+        self.delete_all(timed_out)
 
     def _abandon(self, why: str) -> None:
         """Delete every Job created so far as the sweep stops early; a failure to delete is logged, so
@@ -324,12 +344,13 @@ class SweepRun:
         else:
             log.warning("Sweep %s: deleted the %d Jobs it created", why, len(self.created))
 
-    def delete_all(self) -> None:
-        """Delete every Job this sweep created, with its pods."""
+    def delete_all(self, outcome: Callable[[SweepPoint], Outcome | None] = lambda point: None) -> None:
+        """Delete every Job this sweep created, with its pods; each one in flight becomes DELETED with
+        ``outcome(point)``."""
         for name in self.created:
             self._delete(self.batch.delete_namespaced_job, name)
             if name in self.active:
-                self.progress.update(name, "Deleted")
+                self._advance(self.active[name], JobState.DELETED, outcome(self.active[name]))
 
     def _delete_services(self) -> None:
         for name, point in self.created.items():

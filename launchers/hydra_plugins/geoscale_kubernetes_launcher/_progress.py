@@ -1,4 +1,5 @@
-"""A live view of a sweep's Jobs on stderr: per job its state, node, elapsed time and retries."""
+"""A live view of a sweep's Jobs on stderr: per job its state (a ``JobState`` value, or the reason its
+pod waits), node, elapsed time and retries."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-FINAL_STATES = ("Complete", "Failed", "Skipped", "Deleted")
+from ._states import FINAL
+
+FINAL_STATES = frozenset(state.value for state in FINAL)
 
 
 @dataclass
