@@ -76,6 +76,20 @@ class BurnChipSettings(ChipSettings):
 
 
 @dataclass(frozen=True)
+class BurnedAreaPreparation(ChipPreparation):
+    """The burned-area prep's record (``dataset.json`` attrs): ChipPreparation's geometry and bands, the
+    keep rule, the percentile stretch, the split and the inputs (absolute paths)."""
+
+    stride: int | None = None
+    min_class_fraction: float | None = None
+    max_nodata_fraction: float | None = None
+    normalize: NormalizeSettings | None = None
+    split: dict | None = None
+    scenes_dir: str | None = None
+    polygons: str | None = None
+
+
+@dataclass(frozen=True)
 class PrepConfig:
     """Everything the prep needs, checked; built from the Hydra config by ``from_cfg``."""
 
@@ -257,16 +271,15 @@ def run_split(scene_names: list[str], config: PrepConfig) -> Path:
     split_attrs = asdict(config.split)
     if config.split.method == "blocks":
         split_attrs["block_size_px"] = config.split.block_size(config.chip.size)
-    attrs = {
-        **ChipPreparation(config.chip.size, config.chip.overlap, tuple(config.bands)).to_attrs(),
-        "stride": config.chip.stride, "min_class_fraction": config.chip.min_class_fraction,
-        "max_nodata_fraction": config.chip.max_nodata_fraction, "normalize": asdict(config.normalize),
-        "split": split_attrs,
-        "scenes_dir": str(config.scenes_dir.resolve()) if config.scenes_dir else None,
-        "polygons": str(config.polygons.resolve()) if config.polygons else None,
-    }
-    return write_split_dataset(config.out_dir, stored, config.split, CLASSES, config.array_descriptions(), attrs,
-                               skipped)
+    preparation = BurnedAreaPreparation(
+        chip_size=config.chip.size, overlap=config.chip.overlap, bands=tuple(config.bands),
+        stride=config.chip.stride, min_class_fraction=config.chip.min_class_fraction,
+        max_nodata_fraction=config.chip.max_nodata_fraction, normalize=config.normalize, split=split_attrs,
+        scenes_dir=str(config.scenes_dir.resolve()) if config.scenes_dir else None,
+        polygons=str(config.polygons.resolve()) if config.polygons else None,
+    )
+    return write_split_dataset(config.out_dir, stored, config.split, CLASSES, config.array_descriptions(),
+                               preparation, skipped)
 
 
 def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) -> Path | None:

@@ -91,6 +91,27 @@ class PairChipSettings(ChipSettings):
 
 
 @dataclass(frozen=True)
+class DeforestationPreparation(ChipPreparation):
+    """The deforestation prep's record (``dataset.json`` attrs): ChipPreparation's geometry and band
+    combinations, the keep rule, the Sentinel-2, stretch and PRODES settings, the split, and per area
+    its date window, products and stretch percentiles; the inputs as absolute paths."""
+
+    min_change_fraction: float | None = None
+    max_ignore_fraction: float | None = None
+    target_year: int | None = None
+    augment_rotations: tuple[int, ...] | None = None
+    split: dict | None = None
+    stretch: NormalizeSettings | None = None
+    sentinel2: Sentinel2Settings | None = None
+    prodes: ProdesSettings | None = None
+    date_windows: dict | None = None
+    products: dict | None = None
+    percentiles: dict | None = None
+    areas_dir: str | None = None
+    polygons: str | None = None
+
+
+@dataclass(frozen=True)
 class PrepConfig:
     """Everything the prep needs, checked; built from the Hydra config by ``from_cfg``."""
 
@@ -383,20 +404,19 @@ def run_split(areas: list[str], config: PrepConfig) -> Path:
             scenes[scene] = {"chips": len(rotated), "arrays": scene_array_paths(scene, chips.arrays),
                              "splits": {"train": len(rotated)}, "rotated_from": chips.scene,
                              "rotations": list(config.augment_rotations)}
-    attrs = {
-        **ChipPreparation(config.chip.size, config.chip.overlap, tuple(config.bands)).to_attrs(),
-        "min_change_fraction": config.chip.min_change_fraction, "max_ignore_fraction": config.chip.max_ignore_fraction,
-        "target_year": config.target_year, "augment_rotations": list(config.augment_rotations),
-        "split": {**asdict(config.split), "block_size_px": config.split.block_size(config.chip.size)},
-        "stretch": asdict(config.stretch), "sentinel2": asdict(config.sentinel2), "prodes": asdict(config.prodes),
-        "date_windows": {chips.scene: prepared["date_window"] for chips, prepared in usable},
-        "products": {chips.scene: prepared["products"] for chips, prepared in usable},
-        "percentiles": {chips.scene: prepared["percentiles"] for chips, prepared in usable},
-        "skipped": skipped,
-        "areas_dir": str(config.areas_dir.resolve()) if config.areas_dir else None,
-        "polygons": str(config.polygons.resolve()) if config.polygons else None,
-    }
-    path = write_dataset_index(config.out_dir, records, scenes, CLASSES, config.array_descriptions(), attrs)
+    preparation = DeforestationPreparation(
+        chip_size=config.chip.size, overlap=config.chip.overlap, bands=tuple(config.bands), skipped=skipped,
+        min_change_fraction=config.chip.min_change_fraction, max_ignore_fraction=config.chip.max_ignore_fraction,
+        target_year=config.target_year, augment_rotations=tuple(config.augment_rotations),
+        split={**asdict(config.split), "block_size_px": config.split.block_size(config.chip.size)},
+        stretch=config.stretch, sentinel2=config.sentinel2, prodes=config.prodes,
+        date_windows={chips.scene: prepared["date_window"] for chips, prepared in usable},
+        products={chips.scene: prepared["products"] for chips, prepared in usable},
+        percentiles={chips.scene: prepared["percentiles"] for chips, prepared in usable},
+        areas_dir=str(config.areas_dir.resolve()) if config.areas_dir else None,
+        polygons=str(config.polygons.resolve()) if config.polygons else None,
+    )
+    path = write_dataset_index(config.out_dir, records, scenes, CLASSES, config.array_descriptions(), preparation)
     log.info("dataset complete: %s (chips per split before rotations: %s, %d rotated train chips)", path, counts,
              len(records) - sum(counts.values()))
     return path

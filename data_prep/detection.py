@@ -54,7 +54,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from apps.foundation.chips import (
-    BOX_COLUMNS, COCO_DIR, SPLITS, ChipRecord, chip_boxes, invalidate_dataset, save_scene_boxes, scene_array_paths,
+    BOX_COLUMNS, COCO_DIR, SPLITS, ChipPreparation, ChipRecord, chip_boxes, invalidate_dataset, save_scene_boxes, scene_array_paths,
     scene_array_writer, write_dataset_index,
 )
 from apps.foundation.errors import InputError
@@ -129,6 +129,31 @@ class SceneSplitSettings(SplitSettings):
         if match is None:
             return scene
         return match.group(1) if match.re.groups else match.group(0)
+
+
+@dataclass(frozen=True)
+class DetectionPreparation(ChipPreparation):
+    """The detection prep's record (``dataset.json`` attrs): ChipPreparation's geometry and 1-based
+    ``bands`` (None: the image's own RGB), the label format and its settings, the classes, the chip
+    rule, the stretch of bands other than uint8, the split, object counts and the COCO files; the
+    inputs as absolute paths."""
+
+    format: str | None = None
+    classes: tuple[str, ...] | None = None
+    dota: DotaSettings | None = None
+    rareplanes: RarePlanesSettings | None = None
+    images: str | None = None
+    labels: str | None = None
+    stride: int | None = None
+    min_visible: float | None = None
+    ignore_cut: bool | None = None
+    keep_empty: float | None = None
+    seed: int | None = None
+    stretch: NormalizeSettings | None = None
+    split: dict | None = None
+    objects_in_chips: dict | None = None
+    dropped_labels: dict | None = None
+    coco: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -544,9 +569,10 @@ def coco_split(records: Sequence[ChipRecord], tables: dict[str, np.ndarray], cla
 
 
 def write_detection_dataset(out_root: Path, scenes: Sequence[SceneChips], index: LabelIndex,
-                            settings: SceneSplitSettings, attrs: dict) -> Path:
-    """Assign whole scene groups to splits, write ``coco/<split>.json``, the manifest and ``dataset.json``;
-    returns the path of ``dataset.json``. Scenes without a kept chip are skipped (attrs ``skipped``);
+                            settings: SceneSplitSettings, preparation: DetectionPreparation) -> Path:
+    """Assign whole scene groups to splits, write ``coco/<split>.json``, the manifest and ``dataset.json``
+    (``preparation`` with the object counts, skipped scenes and COCO files added); returns the path of
+    ``dataset.json``. Scenes without a kept chip are skipped (``skipped``);
     InputError when no scene has a chip or too few groups for three splits."""
     out_root = Path(out_root)
     skipped = {s.scene: f"chip: no chip kept of {s.windows_total} windows" for s in scenes if not s.records}
@@ -577,9 +603,9 @@ def write_detection_dataset(out_root: Path, scenes: Sequence[SceneChips], index:
                   "gsd": index.scenes[s.scene].get("gsd")}
         for s in usable
     }
-    attrs = {**attrs, "objects_in_chips": objects, "dropped_labels": index.dropped, "skipped": skipped,
-             "coco": {split: f"{COCO_DIR}/{split}.json" for split in SPLITS}}
-    path = write_dataset_index(out_root, records, scene_index, index.classes, ARRAYS, attrs)
+    preparation = replace(preparation, objects_in_chips=objects, dropped_labels=index.dropped, skipped=skipped,
+                          coco={split: f"{COCO_DIR}/{split}.json" for split in SPLITS})
+    path = write_dataset_index(out_root, records, scene_index, index.classes, ARRAYS, preparation)
     log.info("dataset complete: %s (%d of %d scenes)", path, len(usable), len(scenes))
     return path
 
@@ -597,16 +623,16 @@ def run_split(index: LabelIndex, config: PrepConfig) -> Path:
             raise InputError(f"scene {name}: chipped from other labels than {config.labels_path} "
                              f"(run stage=chip scene={name})")
         stored.append(chips)
-    attrs = {
-        **config.label_settings(), "classes": list(index.classes),
-        "images": str(config.images.resolve()) if config.images else None,
-        "labels": str(config.labels.resolve()) if config.labels else None,
-        "chip_size": config.chip.size, "overlap": config.chip.overlap, "stride": config.chip.stride,
-        "min_visible": config.chip.min_visible, "ignore_cut": config.chip.ignore_cut,
-        "keep_empty": config.chip.keep_empty, "seed": config.chip.seed, **config.image_settings(),
-        "split": asdict(config.split),
-    }
-    return write_detection_dataset(config.out_dir, stored, index, config.split, attrs)
+    preparation = DetectionPreparation(
+        chip_size=config.chip.size, overlap=config.chip.overlap, bands=config.bands, format=config.format,
+        classes=tuple(index.classes), dota=config.dota if config.format == "dota" else None,
+        rareplanes=config.rareplanes if config.format == "rareplanes" else None,
+        images=str(config.images.resolve()) if config.images else None,
+        labels=str(config.labels.resolve()) if config.labels else None,
+        stride=config.chip.stride, min_visible=config.chip.min_visible, ignore_cut=config.chip.ignore_cut,
+        keep_empty=config.chip.keep_empty, seed=config.chip.seed, stretch=config.stretch, split=asdict(config.split),
+    )
+    return write_detection_dataset(config.out_dir, stored, index, config.split, preparation)
 
 
 def prepare(config: PrepConfig, stage: str = "all", scene: str | None = None) -> Path | None:

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from apps.foundation.errors import InputError
-from apps.foundation.chips import SPLITS, ChipRecord, write_dataset_index
+from apps.foundation.chips import SPLITS, ChipPreparation, ChipRecord, write_dataset_index
 from data_prep.chipping import SceneChips
 from data_prep.spatial_split import RasterWindows, split_windows
 
@@ -156,14 +156,14 @@ def write_split_dataset(
     settings: SplitSettings,
     classes: Sequence[str],
     arrays: Mapping[str, Mapping],
-    attrs: Mapping | None = None,
+    preparation: ChipPreparation = ChipPreparation(),
     skipped: Mapping[str, str] | None = None,
 ) -> Path:
     """Split ``scenes`` (as stored by the chip stage) by ``settings.method`` and write ``manifest.csv`` and
     ``dataset.json``; returns the path of ``dataset.json``.
 
     ``skipped``: scene -> why, for scenes that yielded no chip before the chip stage stored any. Scenes
-    stored without kept chips join them; all are listed in attrs ``skipped``. Each scene's entry in
+    stored without kept chips join them; all are listed in ``preparation.skipped`` (the attrs). Each scene's entry in
     ``dataset.json`` counts its chips per split (``splits``). Raises InputError when no scene has a chip.
     """
     skipped = dict(skipped or {})
@@ -187,7 +187,7 @@ def write_split_dataset(
     for split in SPLITS:
         members = sorted(s for s, info in scene_index.items() if info["splits"][split])
         log.info("split %s: %d chips from %s", split, sum(r.split == split for r in records), ", ".join(members))
-    path = write_dataset_index(out_root, records, scene_index, classes, arrays, {**(attrs or {}), "skipped": skipped})
+    path = write_dataset_index(out_root, records, scene_index, classes, arrays, replace(preparation, skipped=skipped))
     log.info("dataset complete: %s (%d of %d scenes; skipped: %s)", path, len(usable), len(usable) + len(skipped),
              ", ".join(f"{s} ({r})" for s, r in skipped.items()) or "none")
     return path

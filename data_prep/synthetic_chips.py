@@ -8,7 +8,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from apps.foundation.chips import ChipRecord, save_scene_arrays, write_dataset_index
+from apps.foundation.chips import ChipPreparation, ChipRecord, save_scene_arrays, write_dataset_index
 
 SCENE_SPLITS = {"scene_a": "train", "scene_b": "train", "scene_c": "val", "scene_d": "test"}
 PAIR_COMBINATIONS = {"nirrg": 3, "ndvi": 1, "evi": 1}
@@ -40,7 +40,7 @@ def _write_disc_dataset(root: Path, chips_per_scene: int, size: int, seed: int, 
                 transform=(10.0, 0.0, 500000.0 + i * size * 10, 0.0, -10.0, 4200000.0),
                 nodata_fraction=0.0, class_fractions={classes[0]: 1 - positive, classes[1]: positive}))
     write_dataset_index(root, records, scenes, list(classes), {**descriptions, "mask": {"kind": "label"}},
-                        {"chip_size": size})
+                        ChipPreparation(chip_size=size))
     return root
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.foundation.chips import (
-    BOX_COLUMNS, ChipRecord, save_scene_boxes, scene_array_paths, scene_array_writer, write_dataset_index,
+    BOX_COLUMNS, ChipPreparation, ChipRecord, save_scene_boxes, scene_array_paths, scene_array_writer, write_dataset_index,
 )
 
 CLASSES = ("red", "green")
@@ -40,7 +40,7 @@ def make_box_dataset(root: Path, chips_per_scene: int = 4, size: int = 64, seed:
                         "arrays": {**scene_array_paths(name, ["image"]), "boxes": f"scenes/{name}/boxes.npy"}}
     arrays = {"image": {"kind": "image", "channels": 3, "bands": ["R", "G", "B"]},
               "boxes": {"kind": "boxes", "columns": list(BOX_COLUMNS)}}
-    write_dataset_index(Path(root), records, scenes, CLASSES, arrays, {"chip_size": size})
+    write_dataset_index(Path(root), records, scenes, CLASSES, arrays, ChipPreparation(chip_size=size))
     return Path(root)
 
 

@@ -158,6 +158,12 @@ def test_local_sweep_and_reproduce(chips, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     result = json.loads(evaluated.stdout.strip().splitlines()[-1])
     assert result["new"]["test/iou"] == pytest.approx(result["saved"]["test/iou"], abs=1e-6)
+    # Chips cut otherwise than the run's (its preparation record against the checkpoint's) are refused.
+    other = make_chip_dataset(tmp_path / "other_chips", chips_per_scene=2, size=16)
+    refused = run_module("apps.reproduce", str(sweep / "0"), "--evaluate", f"data.root={other}")
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr[-2000:]
+    assert f"data.root {other}: chips made otherwise than the run's (chip_size 16 where the run trained on 32)" \
+        in refused.stderr
 
     retrained = run_module("apps.reproduce", str(sweep / "1"), "--out", str(tmp_path / "again"))
     assert retrained.returncode == 0, retrained.stderr[-2000:]

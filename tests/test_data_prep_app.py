@@ -21,7 +21,8 @@ from rasterio.windows import Window
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from conftest import TINY_CHIP, write_geotiff
-from data_prep.burned_area import BurnChipSettings, PrepConfig, prepare
+from data_prep.burned_area import BurnChipSettings, BurnedAreaPreparation, PrepConfig, prepare
+from data_prep.normalize import NormalizeSettings
 from apps.foundation.chips import ChipDataset
 from data_prep.split import SplitSettings
 
@@ -55,6 +56,8 @@ def test_prepared_dataset_is_complete_and_georeferenced(burned_area_chips, synth
     assert dataset.classes == ["unburned", "burned"] and dataset.ignore_index == 255
     assert dataset.arrays["normalized"] == {"kind": "image", "channels": 3, "bands": ["B04", "B03", "B02"], "nodata": 0}
     assert dataset.attrs["chip_size"] == 64 and dataset.attrs["overlap"] == 0.25
+    record = BurnedAreaPreparation.from_attrs(dataset.attrs)   # the prep's typed record, as prediction reads it
+    assert (record.chip_size, record.bands, record.normalize) == (64, ("B04", "B03", "B02"), NormalizeSettings())
     scene_split = {}
     for split in ("train", "val", "test"):
         for record in dataset.split_records(split):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.foundation.errors import InputError
-from apps.foundation.chips import SPLITS, ChipDataset, ChipRecord, save_scene_arrays
+from apps.foundation.chips import SPLITS, ChipDataset, ChipPreparation, ChipRecord, save_scene_arrays
 from data_prep.chipping import SceneChips
 from data_prep.split import SplitSettings, assign_scene_splits, write_split_dataset
 
@@ -68,7 +68,7 @@ def _scene(root, name: str, n: int, offsets: list[tuple[int, int]] | None = None
 def test_written_dataset_skips_scenes_without_chips(tmp_path):
     scenes = [_scene(tmp_path, "a", 2), _scene(tmp_path, "b", 3), _scene(tmp_path, "c", 9), _scene(tmp_path, "d", 0)]
     write_split_dataset(tmp_path, scenes, SplitSettings(), ["unburned", "burned"], {"mask": {"kind": "label"}},
-                        {"chip_size": 4}, skipped={"e": "label: no polygon overlaps the raster"})
+                        ChipPreparation(chip_size=4), skipped={"e": "label: no polygon overlaps the raster"})
     dataset = ChipDataset(tmp_path)
     by_scene = {}
     for record in dataset.records:

@@ -112,13 +112,22 @@ def test_an_image_without_georeference_gets_pixel_boxes(tmp_path):
     np.testing.assert_allclose(np.sort(frame.geometry.bounds.to_numpy(), axis=0), np.sort(expected_boxes(), axis=0))
 
 
-def test_a_scene_of_another_type_is_one_line_and_nothing_written(tmp_path):
+def test_a_scene_of_another_type_is_made_into_pixels_as_the_prep_made_the_chips(tmp_path):
+    """A uint16 scene is stretched between its percentiles, as the detection prep stretches it."""
+    scene = tmp_path / "scene.tif"
+    write_scene(scene, dtype="uint16")
+    summary = detect_scene(BrightSquareDetector(), scene, tmp_path / "boxes", chip_size=128, overlap=0.4,
+                           show_progress=False)
+    assert summary["boxes"] == len(SQUARES)
+
+
+def test_bands_the_scene_lacks_are_one_line_and_nothing_written(tmp_path):
     from apps.foundation.errors import InputError
 
     scene = tmp_path / "scene.tif"
-    write_scene(scene, dtype="uint16")
-    with pytest.raises(InputError, match=r"scene .*scene\.tif: 3 band\(s\) of uint16, expected RGB uint8"):
-        detect_scene(BrightSquareDetector(), scene, tmp_path / "out" / "boxes", show_progress=False)
+    write_scene(scene)
+    with pytest.raises(InputError, match=r"^bands: image .*scene\.tif has 3 band\(s\), asked for \[4\]$"):
+        detect_scene(BrightSquareDetector(), scene, tmp_path / "out" / "boxes", bands=(4,), show_progress=False)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

@@ -19,8 +19,9 @@ from apps.foundation.chips import ChipDataset, chip_boxes
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from conftest import write_geotiff
 from data_prep.detection import (
-    DetectionChipSettings, PrepConfig, SceneSplitSettings, cut_boxes, prepare, select_windows,
+    DetectionChipSettings, DetectionPreparation, PrepConfig, SceneSplitSettings, cut_boxes, prepare, select_windows,
 )
+from data_prep.normalize import NormalizeSettings
 from data_prep.detection_formats import (
     DOTA_V1_0, RAREPLANES_ROLES, XVIEW_CLASSES, DotaSettings, RarePlanesSettings, read_dota, read_rareplanes,
     read_xview,
@@ -281,6 +282,8 @@ def test_prep_writes_chips_boxes_coco_and_keeps_scenes_whole(dota_root, tmp_path
     assert delta[-1].transform == (1.0, 0.0, float(delta[-1].col_off), 0.0, 1.0, float(delta[-1].row_off))
     assert dataset.index["scenes"]["alpha"]["gsd"] == 0.5
     assert dataset.attrs["objects_in_chips"] == {"kept": 12, "ignored": 1}
+    record = DetectionPreparation.from_attrs(dataset.attrs)   # the prep's typed record, as prediction reads it
+    assert record.objects_in_chips == {"kept": 12, "ignored": 1} and isinstance(record.stretch, NormalizeSettings)
 
 
 def test_rerun_skips_finished_scenes_and_redoes_changed_ones(dota_root, tmp_path):

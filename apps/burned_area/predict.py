@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.prediction.checkpoint import recorded_settings
+from apps.core.prediction.checkpoint import recorded_preparation
 from apps.core.prediction.command import run_prediction
 from apps.core.prediction.masks import pixelwise_app
 from apps.foundation.chips import ChipPreparation
@@ -43,6 +43,7 @@ def prepared_image(task: Any, args: argparse.Namespace, work_dir: Path) -> Itera
     """The scene's image as the training chips were made for the task's input set: a temporary
     normalized RGB in ``work_dir`` (this scene's percentiles, at the training dataset's percentile
     settings), or the scene's TCI file."""
+    from data_prep.burned_area import BurnedAreaPreparation
     from data_prep.normalize import NormalizeSettings, normalize_bands
     from data_prep.scenes import find_scene
 
@@ -51,7 +52,7 @@ def prepared_image(task: Any, args: argparse.Namespace, work_dir: Path) -> Itera
     if task.input_set == "tci":
         yield {"image": scene.bands["TCI"]}
         return
-    settings = NormalizeSettings(**recorded_settings(task, "normalize"))
+    settings = recorded_preparation(task, BurnedAreaPreparation).recorded("normalize", NormalizeSettings())
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:
         path = Path(tmp) / "normalized.tif"

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from apps.core.prediction.checkpoint import recorded_settings
+from apps.core.prediction.checkpoint import recorded_preparation
 from apps.core.prediction.command import run_prediction
 from apps.core.prediction.masks import pixelwise_app
 from apps.foundation.chips import ChipPreparation
@@ -39,12 +39,13 @@ def check_task(task: Any, geometry: ChipPreparation) -> None:
 def prepared_pair(task: Any, args: argparse.Namespace, work_dir: Path) -> Iterator[dict[str, list[Path]]]:
     """The pair's stretched band combinations (``task.bands``, in order) as temporary uint8 GeoTIFFs in
     ``work_dir``, on BEFORE's grid: {"before": [one file per combination], "after": [...]}."""
-    from data_prep.deforestation import DATES, write_pair_images
+    from data_prep.deforestation import DATES, DeforestationPreparation, write_pair_images
     from data_prep.normalize import NormalizeSettings
     from data_prep.sentinel2 import Sentinel2Settings, open_product
 
-    sentinel2 = Sentinel2Settings(**recorded_settings(task, "sentinel2"))
-    stretch = NormalizeSettings(**recorded_settings(task, "stretch"))
+    preparation = recorded_preparation(task, DeforestationPreparation)
+    sentinel2 = preparation.recorded("sentinel2", Sentinel2Settings())
+    stretch = preparation.recorded("stretch", NormalizeSettings())
     products = {date: open_product(folder, sentinel2) for date, folder in zip(DATES, (args.before, args.after))}
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:

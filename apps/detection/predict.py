@@ -3,8 +3,9 @@
     python -m apps.detection.predict CHECKPOINT_OR_RUN_DIR SCENE --out OUT [--chip-size N] [--overlap F]
         [--batch-size 4] [--score-threshold 0.3] [--iou-threshold 0.5] [--device auto|cpu|cuda]
 
-SCENE is an RGB uint8 GeoTIFF, or a PNG/JPEG without georeference. Windows have the training chips'
-size and overlap unless given; apps.detection.scene_detection slides them, merges their boxes by
+SCENE is a GeoTIFF, or a PNG/JPEG without georeference; its pixels are made as the training chips
+were (the bands and stretch the prep recorded). Windows have the training chips' size and overlap
+unless given; apps.detection.scene_detection slides them, merges their boxes by
 class-wise NMS and writes ``OUT.geojson`` (the scene's CRS), ``OUT.4326.geojson`` (when georeferenced)
 and ``OUT.coco.json``. The command's arguments, checks and run flow are the core's (apps.core.prediction).
 """
@@ -15,10 +16,13 @@ import argparse
 from contextlib import nullcontext
 from typing import Any, Sequence
 
+from apps.core.prediction.checkpoint import recorded_preparation
 from apps.core.prediction.command import Option, PredictionApp, in_unit_interval, run_prediction
 from apps.detection.scene_detection import detect_scene
 from apps.foundation.chips import ChipPreparation
 from apps.foundation.errors import InputError
+from data_prep.detection import DetectionPreparation
+from data_prep.normalize import NormalizeSettings
 
 
 def check_task(task: Any, geometry: ChipPreparation) -> None:
@@ -29,8 +33,10 @@ def check_task(task: Any, geometry: ChipPreparation) -> None:
 
 def predict(task: Any, scene: Any, args: argparse.Namespace, geometry: ChipPreparation, device: str,
             facts: dict) -> dict:
+    preparation = recorded_preparation(task, DetectionPreparation)
     return detect_scene(task, scene, args.out, geometry.chip_size, geometry.overlap, args.batch_size,
-                        args.score_threshold, args.iou_threshold, device)
+                        args.score_threshold, args.iou_threshold, device, bands=preparation.bands,
+                        stretch=preparation.recorded("stretch", NormalizeSettings()))
 
 
 def summary_line(args: argparse.Namespace, summary: dict) -> str:
@@ -41,7 +47,7 @@ def summary_line(args: argparse.Namespace, summary: dict) -> str:
 
 APP = PredictionApp(
     prog="python -m apps.detection.predict", description="Detect objects over a whole scene.",
-    inputs=[("scene", "an RGB uint8 GeoTIFF, PNG or JPEG")],
+    inputs=[("scene", "a GeoTIFF, PNG or JPEG (bands and stretch as the training chips were made)")],
     outputs="OUT.geojson, OUT.4326.geojson and OUT.coco.json",
     prepare=lambda task, args, work_dir: nullcontext(args.scene), predict=predict, summary_line=summary_line,
     describe_inputs=lambda args: str(args.scene),

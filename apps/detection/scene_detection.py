@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.windows import Window
 
-from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 from data_prep.chipping import ChipSettings, window_offsets
+from data_prep.detection import SceneImage
 from data_prep.geotiff import in_gdal_env, progress, reading
+from data_prep.normalize import NormalizeSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,12 @@ def merge_detections(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, 
 @in_gdal_env
 def detect_scene(task: Any, scene: Path, out: Path, chip_size: int = 512, overlap: float = 0.25,
                  batch_size: int = 4, score_threshold: float = 0.3, iou_threshold: float = 0.5,
-                 device: str = "cpu", show_progress: bool = True) -> dict[str, Any]:
+                 device: str = "cpu", show_progress: bool = True, bands: tuple[int, ...] | None = None,
+                 stretch: NormalizeSettings = NormalizeSettings()) -> dict[str, Any]:
     """Detect objects over the whole ``scene`` with ``task.detect`` and write the files of the module doc.
 
-    The scene's first three bands are read as uint8 RGB / 255 (as the training chips were stored);
+    The scene's pixels are made as the detection prep made the training chips (``bands``, 1-based, or
+    the image's own RGB; palettes; bands other than uint8 stretched by ``stretch``) and read / 255;
     windows of ``chip_size`` px overlap by ``overlap`` (a fraction); a scene smaller than a window is
     padded with zeros (the preps' small-scene policy, ``data_prep.chipping``). Detections below ``score_threshold`` are dropped before the merge. Returns a
     summary (paths, size, boxes per class). InputError names the scene when it cannot be used;
@@ -92,9 +94,7 @@ def detect_scene(task: Any, scene: Path, out: Path, chip_size: int = 512, overla
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with reading(scene, "scene"), rasterio.open(scene) as src:
-            if src.count < 3 or src.dtypes[0] != "uint8":
-                raise InputError(f"scene {scene}: {src.count} band(s) of {src.dtypes[0]}, expected RGB uint8 "
-                                 f"(as the training chips)")
+            image = SceneImage(src, bands, stretch, show_progress)
             width, height, crs, transform = src.width, src.height, src.crs, src.transform
             stride = ChipSettings(size=chip_size, overlap=overlap).stride
             windows = [(r, c) for r in window_offsets(height, chip_size, stride)
@@ -106,10 +106,8 @@ def detect_scene(task: Any, scene: Path, out: Path, chip_size: int = 512, overla
                     batch = windows[start:start + batch_size]
                     images = []
                     for row, col in batch:
-                        tile = np.zeros((3, chip_size, chip_size), dtype=np.uint8)
-                        h, w = min(chip_size, height - row), min(chip_size, width - col)
                         with reading(scene, "scene"):
-                            tile[:, :h, :w] = src.read((1, 2, 3), window=Window(int(col), int(row), w, h))
+                            tile = image.read(int(row), int(col), chip_size, chip_size)
                         images.append(torch.from_numpy(tile).to(device).float().div_(255.0))
                     for (row, col), result in zip(batch, task.detect(images)):
                         kept = result["scores"] >= score_threshold

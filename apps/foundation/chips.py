@@ -30,16 +30,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence, get_args, get_origin, get_type_hints
 
 import numpy as np
 
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 FORMAT = "geoscale-chips/2"
 """Version 2: manifest ``sources`` (every source product of a chip) and per-scene ``splits`` counts."""
@@ -85,25 +88,51 @@ class ChipRecord:
 
 @dataclass(frozen=True)
 class ChipPreparation:
-    """How a dataset's chips were cut, as its prep records it in ``dataset.json``'s attrs (and a
-    checkpoint carries it on): window size ``chip_size`` (px), ``overlap`` (fraction of a window) and
-    ``bands`` (the input bands or band combinations, in order; None where the prep takes the image's
-    own). Prediction slides windows of the same geometry over a whole scene. A value an older dataset
-    did not record is None."""
+    """How a dataset's chips were made, as its prep records it in ``dataset.json``'s ``attrs`` (and a
+    checkpoint carries it on): window size ``chip_size`` (px), ``overlap`` (fraction of a window),
+    ``bands`` (the input bands, band combinations or 1-based band numbers, in order; None where the
+    prep takes the image's own) and ``skipped`` (scene -> why it gave no chip). Each prep records a
+    subclass with its own settings (``data_prep.burned_area.BurnedAreaPreparation``, ...); prediction
+    slides windows of the same geometry over a whole scene and makes its pixels with the same settings.
+    A field that an older dataset did not record is None."""
 
-    chip_size: int | None
-    overlap: float | None
-    bands: tuple[str, ...] | None = None
+    chip_size: int | None = None
+    overlap: float | None = None
+    bands: tuple[str | int, ...] | None = None
+    skipped: dict[str, str] | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping) -> "ChipPreparation":
-        bands = attrs.get("bands")
-        return cls(attrs.get("chip_size"), attrs.get("overlap"), tuple(bands) if bands is not None else None)
+        """The record of ``attrs``: the fields this class declares (settings dataclasses rebuilt from their
+        dicts, lists as tuples); entries it does not declare are left out."""
+        hints = get_type_hints(cls)
+        values = {}
+        for name in (f.name for f in fields(cls)):
+            if attrs.get(name) is not None:
+                values[name] = _typed(attrs[name], hints[name])
+        return cls(**values)
 
     def to_attrs(self) -> dict:
-        """The attrs entries (``chip_size``, ``overlap``, ``bands``) that ``from_attrs`` reads back."""
-        return {"chip_size": self.chip_size, "overlap": self.overlap,
-                "bands": list(self.bands) if self.bands is not None else None}
+        """The JSON-ready ``attrs`` entries (settings as dicts, tuples as lists) that ``from_attrs`` reads back."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    def recorded(self, name: str, default):
+        """Field ``name``, or ``default`` with a warning where the dataset did not record it."""
+        value = getattr(self, name)
+        if value is None:
+            log.warning("the checkpoint's training dataset recorded no %s settings: using the defaults", name)
+            return default
+        return value
+
+
+def _typed(value, hint):
+    """``value`` read from JSON as the annotation ``hint`` says: a dataclass from its dict, a tuple from a list."""
+    for kind in get_args(hint) or (hint,):
+        if is_dataclass(kind) and isinstance(value, Mapping):
+            return kind(**value)
+        if (get_origin(kind) or kind) is tuple and isinstance(value, list):
+            return tuple(value)
+    return value
 
 
 def scene_array_paths(scene: str, names: Iterable[str]) -> dict[str, str]:
@@ -209,13 +238,13 @@ def write_dataset_index(
     scenes: Mapping[str, Mapping],
     classes: Sequence[str],
     arrays: Mapping[str, Mapping],
-    attrs: Mapping | None = None,
+    preparation: ChipPreparation = ChipPreparation(),
 ) -> Path:
     """Write ``manifest.csv`` and then ``dataset.json``, completing the dataset at ``root``.
 
     ``scenes`` maps scene id -> {"splits": {split: chips}, "arrays": {name: relative path}, ...};
     ``arrays`` describes each array name ({"kind": "image"|"label", "channels", "bands", ...});
-    ``attrs`` holds free-form facts about how the chips were made (chip size, thresholds).
+    ``preparation``, how the chips were made, becomes the ``attrs``.
     """
     root = Path(root)
     fraction_cols = [f"fraction_{c}" for c in classes]
@@ -238,7 +267,7 @@ def write_dataset_index(
         "arrays": {k: dict(v) for k, v in arrays.items()},
         "splits": counts,
         "scenes": {k: dict(v) for k, v in scenes.items()},
-        "attrs": dict(attrs or {}),
+        "attrs": preparation.to_attrs(),
     }
     path = root / INDEX_FILE
     atomic_write_text(path, json.dumps(index, indent=2, default=str))

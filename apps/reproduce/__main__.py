@@ -38,6 +38,24 @@ def load_run(run_dir: Path):
     return upgrade_targets(OmegaConf.load(config_path)), record
 
 
+def check_same_chips(checkpoint: Path, datamodule, root: str) -> None:
+    """InputError when the dataset at ``root`` was cut otherwise (chip size, overlap, bands) than the one the
+    checkpoint trained on, as the two preparation records say (a field either did not record is not compared)."""
+    import torch
+
+    from apps.foundation.chips import ChipPreparation
+
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True).get("preparation", {})
+    trained = ChipPreparation.from_attrs(saved.get("attrs", {}))
+    here = ChipPreparation.from_attrs(datamodule.preparation()["attrs"])
+    differences = [f"{name} {getattr(here, name)} where the run trained on {getattr(trained, name)}"
+                   for name in ("chip_size", "overlap", "bands")
+                   if None not in (getattr(here, name), getattr(trained, name)) and getattr(here, name) != getattr(trained, name)]
+    if differences:
+        raise InputError(f"data.root {root}: chips made otherwise than the run's ({'; '.join(differences)}): "
+                         f"prepare the data with the run's settings")
+
+
 def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     """Test metrics of the run's saved best checkpoint, recomputed with its saved config."""
     import pytorch_lightning as pl
@@ -54,8 +72,9 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     # The checkpoint replaces every weight: no pretrained file is needed.
     for name, value in get_class(cfg.task._target_).CHECKPOINT_OVERRIDES.items():
         cfg.task[name] = value
-    pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = build(cfg.data)
+    check_same_chips(checkpoint, datamodule, cfg.data.root)
+    pl.seed_everything(int(cfg.seed), workers=True)
     task = build(cfg.task, **datamodule.task_arguments())
     # The precision the run trained and tested in, whatever this machine would pick now.
     precision = record["facts"].get("precision") or trainer_arguments(cfg)["precision"]

@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from apps.core.config import current_name, upgrade_targets
+from apps.foundation.chips import ChipPreparation
 from apps.foundation.errors import InputError
 from data_prep.geotiff import first_line
 
 DEVICES = ("auto", "cpu", "cuda")
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=ChipPreparation)
 
 
 def load_task(path: Path, device: str):
@@ -43,13 +46,10 @@ def load_task(path: Path, device: str):
     return task.to(device)
 
 
-def recorded_settings(task: Any, name: str) -> dict:
-    """The settings ``name`` (e.g. ``normalize``) that the task's training dataset recorded in its attrs;
-    an empty dict, with a warning, when it recorded none (the prep's defaults then apply)."""
-    settings = task.preparation.get("attrs", {}).get(name)
-    if settings is None:
-        log.warning("the checkpoint's training dataset recorded no %s settings: using the defaults", name)
-    return dict(settings or {})
+def recorded_preparation(task: Any, record_type: type[P] = ChipPreparation) -> P:
+    """How the task's training chips were made (the prep's record in the checkpoint), as ``record_type``:
+    every field None for a checkpoint whose dataset recorded none."""
+    return record_type.from_attrs(task.preparation.get("attrs", {}))
 
 
 def pick_device(name: str) -> str:

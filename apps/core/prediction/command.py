@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from apps.core.prediction.checkpoint import DEVICES, load_task, pick_device
+from apps.core.prediction.checkpoint import DEVICES, load_task, pick_device, recorded_preparation
 from apps.foundation.chips import ChipPreparation
 from apps.foundation.errors import InputError, exit_with_error
 from apps.foundation.rundir import resolve_checkpoint
@@ -114,7 +114,7 @@ def window_geometry(task: Any, args: argparse.Namespace, default: ChipPreparatio
     """The training chips' preparation as the checkpoint recorded it, with ``--chip-size`` and
     ``--overlap`` in place of its values where given (a warning names each replaced value), and
     ``default``'s where an older dataset recorded none."""
-    recorded = ChipPreparation.from_attrs(task.preparation.get("attrs", {}))
+    recorded = recorded_preparation(task)
     changes = {}
     for name, value in (("chip_size", args.chip_size), ("overlap", args.overlap)):
         flag = f"--{name.replace('_', '-')}"
