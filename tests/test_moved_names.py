@@ -36,6 +36,19 @@ def test_a_saved_config_of_the_old_layout_names_todays_classes():
         OmegaConf.to_container(saved.optimizer, resolve=False)  # interpolations kept, other targets unchanged
 
 
+def test_a_saved_burned_area_config_choosing_its_model_by_arch_builds_todays_network():
+    """Burned area's model configs named the network by ``arch`` alone before they carried a ``_target_``."""
+    from coretools import compose_config
+
+    today = OmegaConf.to_container(compose_config("burned_area", ["model=deeplabv3"]), resolve=False)
+    saved = {**today, "model": {k: v for k, v in today["model"].items() if k not in ("_target_", "_partial_")}}
+    assert saved["model"] == {"arch": "deeplabv3", "encoder": "resnet50"}
+    upgraded = upgrade_targets(OmegaConf.create(saved))
+    assert OmegaConf.to_container(upgraded, resolve=False) == today
+    assert upgrade_targets({"model": {"arch": "unet", "_target_": "my.net"}})["model"] == {"arch": "unet",
+                                                                                        "_target_": "my.net"}
+
+
 def test_an_old_detection_checkpoint_loads_and_predicts(tmp_path):
     pytest.importorskip("mmdet", reason="the detection stack is not installed (scripts/setup.sh --detection)")
     import numpy as np

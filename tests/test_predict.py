@@ -18,7 +18,8 @@ from apps.burned_area.predict import main
 from apps.core.prediction.masks import coverage, output_paths, predict_scene, tent
 from apps.foundation.errors import InputError
 
-TINY_NET = {"arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+TINY_NET = {"_target_": "apps.burned_area.model.smp_network", "_partial_": True,
+            "arch": "unet", "encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
 
 
 class PixelwiseTask(torch.nn.Module):
@@ -38,9 +39,11 @@ def write_image(path: Path, image: np.ndarray) -> Path:
     return path
 
 
-def make_checkpoint(path: Path, input_set: str, preparation: dict | None = None) -> Path:
+def make_checkpoint(path: Path, input_set: str, preparation: dict | None = None,
+                    saved_model: dict | None = None) -> Path:
     """An untrained tiny BurnedAreaTask saved as a Lightning checkpoint (loads like a trained one), with
-    ``preparation`` as the training dataset's record."""
+    ``preparation`` as the training dataset's record and ``saved_model``, if given, as the ``model``
+    hyperparameter in place of the task's (the form an older geoscale wrote)."""
     import pytorch_lightning as pl
 
     from apps.burned_area.model import BurnedAreaTask
@@ -48,7 +51,8 @@ def make_checkpoint(path: Path, input_set: str, preparation: dict | None = None)
     task = BurnedAreaTask(model=TINY_NET, init={"weights": None}, input_set=input_set,
                           optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
     task.preparation = preparation or {}
-    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams),
+    hyper_parameters = {**task.hparams, "model": saved_model or task.hparams["model"]}
+    checkpoint = {"state_dict": task.state_dict(), "hyper_parameters": hyper_parameters,
                   "pytorch-lightning_version": pl.__version__}
     task.on_save_checkpoint(checkpoint)
     torch.save(checkpoint, path)
@@ -186,6 +190,24 @@ def test_tci_checkpoint_predicts_from_the_scene_tci(scene, tmp_path, capsys):
     with rasterio.open(out.with_suffix(".tif")) as pred:
         assert pred.tags()["input_set"] == "tci"
     assert leftovers(out.parent) == ["pred.geojson", "pred.tif"]
+
+
+def test_a_checkpoint_whose_model_names_only_its_arch_loads_and_predicts(scene, tmp_path, capsys):
+    """Burned-area checkpoints written before the model configs carried a ``_target_`` hold
+    ``model: {arch, encoder, ...}``: they load as the same network and predict."""
+    from apps.core.prediction.checkpoint import load_task
+
+    arch_only = {k: v for k, v in TINY_NET.items() if k not in ("_target_", "_partial_")}
+    checkpoint = make_checkpoint(tmp_path / "old.ckpt", "tci", saved_model=arch_only)
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["hyper_parameters"]["model"] == arch_only
+    task = load_task(checkpoint, "cpu")
+    assert type(task.net).__name__ == "Unet" and len(task.net.decoder.blocks) == 3
+    assert all(torch.equal(value, saved["state_dict"][key]) for key, value in task.state_dict().items())
+    out = tmp_path / "pred"
+    assert main([str(checkpoint), str(scene), "--out", str(out), "--chip-size", "48", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["valid_pixels"] > 0
+    assert leftovers(tmp_path) == ["old.ckpt", "pred.geojson", "pred.tif"]
 
 
 def assert_rejected(proc_or_code, stderr: str, *names: str) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from apps.foundation.errors import InputError
+from apps.core.config import build
 from apps.core.tasks.segmentation import SegmentationTask
 from apps.core.tasks.base import plain
 from apps.core.tasks.weights import find_weights_file, load_encoder_weights
@@ -17,21 +18,24 @@ log = logging.getLogger(__name__)
 ARCHITECTURES = ("unet", "unetplusplus", "deeplabv3", "deeplabv3plus")
 
 
-def build_network(model: Mapping[str, Any], init: Mapping[str, Any], in_channels: int, num_classes: int) -> torch.nn.Module:
-    """An smp network for ``model`` = {arch, encoder, **arch kwargs} with encoder weights from ``init``.
+def smp_network(in_channels: int, num_classes: int, arch: str, encoder: str, init: Mapping[str, Any] | None = None,
+                **arch_kwargs: Any) -> torch.nn.Module:
+    """The smp network ``arch`` (one of ``ARCHITECTURES``) on ``encoder``: (B, in_channels, H, W) -> logits
+    (B, num_classes, H, W); ``arch_kwargs`` go to the architecture (``encoder_depth``, ``decoder_channels``, ...).
 
-    ``init["weights"]``: None (random) or "imagenet", read from a local file (see conf/init).
+    The ``_target_`` of conf/burned_area/model/*.yaml (partial: the task gives ``in_channels``,
+    ``num_classes`` and ``init``). ``init["weights"]``: None (random) or "imagenet", read from a local
+    file (see conf/init).
     """
     import segmentation_models_pytorch as smp
 
-    kwargs = dict(model)
-    arch = kwargs.pop("arch")
-    encoder = kwargs.pop("encoder")
+    init = init or {}
     if arch not in ARCHITECTURES:
         raise InputError(f"model.arch={arch!r}: unknown architecture (expected one of {', '.join(ARCHITECTURES)})")
     if encoder not in smp.encoders.get_encoder_names():
         raise InputError(f"model.encoder={encoder!r}: not a segmentation-models-pytorch encoder")
-    net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes, **kwargs)
+    net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, in_channels=3, classes=num_classes,
+                           **arch_kwargs)
     weights = init.get("weights")
     if weights:
         settings = smp.encoders.encoders[encoder]["pretrained_settings"].get(weights)
@@ -51,8 +55,9 @@ def build_network(model: Mapping[str, Any], init: Mapping[str, Any], in_channels
 class BurnedAreaTask(SegmentationTask):
     """Burned / unburned per pixel from a 3-band chip (B, 3, H, W) in [0, 1].
 
-    ``input_set`` (normalized or tci) is recorded so that whole-scene prediction prepares
-    imagery the way the network was trained.
+    ``model`` (conf/burned_area/model) is a partial ``_target_`` config completed with ``in_channels``,
+    ``num_classes`` and ``init``, by default ``smp_network``. ``input_set`` (normalized or tci) is recorded
+    so that whole-scene prediction prepares imagery the way the network was trained.
     """
 
     #: The checkpoint's weights replace any pretrained encoder file.
@@ -74,7 +79,7 @@ class BurnedAreaTask(SegmentationTask):
         super().__init__(optimizer, scheduler, loss, class_names=class_names, positive_class=1)
         self.save_hyperparameters()
         self.input_set = input_set
-        self.net = build_network(dict(model), dict(init), in_channels, len(class_names))
+        self.net = build(dict(model))(in_channels=in_channels, num_classes=len(class_names), init=dict(init))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) in [0, 1] -> logits (B, classes, H, W)."""

@@ -66,9 +66,16 @@ def current_name(dotted: str) -> str:
     return f"{MOVED_MODULES[module]}.{name}" if module in MOVED_MODULES else dotted
 
 
+ARCH_MODEL_BUILDER = "apps.burned_area.model.smp_network"
+"""The builder of a top-level ``model`` that names its network by ``arch`` and has no ``_target_``: burned
+area's model configs before they chose by ``_target_`` (``{arch: unet, encoder: resnet50, ...}``)."""
+
+
 def upgrade_targets(node: Any) -> Any:
-    """``node`` (a config, or plain dicts and lists) with every ``_target_`` renamed by ``current_name``;
-    interpolations are kept unresolved. A DictConfig or ListConfig comes back as one."""
+    """``node`` (a config or checkpoint hyperparameters, or plain dicts and lists) with every ``_target_``
+    renamed by ``current_name``, and a top-level ``model`` chosen by ``arch`` alone given the partial
+    ``_target_`` ``ARCH_MODEL_BUILDER``; interpolations are kept unresolved. A DictConfig or ListConfig
+    comes back as one."""
     from omegaconf import OmegaConf
 
     def walk(value: Any) -> Any:
@@ -78,6 +85,13 @@ def upgrade_targets(node: Any) -> Any:
             return [walk(v) for v in value]
         return value
 
+    def upgrade(value: Any) -> Any:
+        upgraded = walk(value)
+        model = upgraded.get("model") if isinstance(upgraded, dict) else None
+        if isinstance(model, dict) and "arch" in model and "_target_" not in model:
+            upgraded["model"] = {"_target_": ARCH_MODEL_BUILDER, "_partial_": True, **model}
+        return upgraded
+
     if OmegaConf.is_config(node):
-        return OmegaConf.create(walk(OmegaConf.to_container(node, resolve=False)))
-    return walk(node)
+        return OmegaConf.create(upgrade(OmegaConf.to_container(node, resolve=False)))
+    return upgrade(node)

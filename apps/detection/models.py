@@ -3,6 +3,7 @@
 ``mmdet_model`` is the ``network`` of conf/detection/model/*.yaml: it reads an mmdet config file,
 keeps its ``model`` and adapts it to a dataset (``num_classes``) and to this project (no pretrained
 weights downloaded at build time: the task loads a local ``weights`` file instead).
+The ``_target_`` sits at ``model.network``, not ``model``: the group's other keys (lr, schedule, paramwise, ...) are the task's.
 """
 
 from __future__ import annotations
