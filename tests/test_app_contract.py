@@ -109,10 +109,10 @@ def test_app_trains_records_and_predicts(app: AppCase, tmp_path, capsys):
     assert cfg.app == app.name
     value = train(cfg, tmp_path / "run")
     record = read_completed(tmp_path / "run")
-    assert record["app"] == app.name and record["objective"]["value"] == value
-    assert record["facts"]["global_step"] == 1 and record["facts"]["parameters"] > 0
+    assert (record.kind, record.app, record.value) == ("train", app.name, value)
+    assert record.facts["global_step"] == 1 and record.facts["parameters"] > 0
     # Every image fed (a change pair counts two), at 4 bytes a value: at least one batch each of train, val, test.
-    images, imagery_bytes = record["facts"]["images_processed"], record["facts"]["imagery_bytes"]
+    images, imagery_bytes = record.facts["images_processed"], record.facts["imagery_bytes"]
     assert images >= 3 and imagery_bytes >= images * 3 * 32 * 32 * 4 and imagery_bytes % 4 == 0
 
     checkpoint = resolve_checkpoint(tmp_path / "run")

@@ -187,14 +187,22 @@ def test_finished_run_is_copied_to_the_upload_destination(chips, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_prints_its_result_line(chips, tmp_path):
+def test_cli_prints_its_result_line_and_a_failed_attempt_leaves_its_error(chips, tmp_path):
+    from apps.foundation.rundir import ResultLine, read_completed
+
+    failed = run_module("apps.burned_area", *TINY_MODEL, f"data.root={chips}", "epochs=1", "objective=test/iouu",
+                        f"hydra.run.dir={tmp_path}")
+    assert failed.returncode == 2 and (tmp_path / "error.txt").read_text().startswith("objective=test/iouu: not a metric")
     proc = run_module("apps.burned_area", *TINY_MODEL, f"data.root={chips}", "epochs=1", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "error.txt").exists()                     # the attempt that completed removed it
     marker, payload = proc.stdout.strip().splitlines()[-1].split(" ", 1)
     assert marker == "geoscale-result:"
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert json.loads(payload) == {"objective": "test/iou", "value": saved["objective"]["value"], "record": saved,
                                    "uploaded_to": None}
+    assert ResultLine.last_in(proc.stdout) == ResultLine("test/iou", saved["objective"]["value"],
+                                                         read_completed(tmp_path))
 
 
 @pytest.mark.slow

@@ -47,7 +47,6 @@ def record_stage(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     directory gets a metrics.json of kind ``prep`` (the stage, ``app:stage``; the bytes the process read
     and wrote meanwhile, Linux's rchar and wchar; wall time), and the result line (on stderr) carries it, so a
     launcher that sees only the pod log gets it too and a re-run of a fan-out skips the finished Jobs."""
-    import json
     import time
 
     @functools.wraps(task_function)
@@ -55,24 +54,21 @@ def record_stage(task_function: Callable[[Any], Any]) -> Callable[[Any], Any]:
         import psutil
         from hydra.core.hydra_config import HydraConfig
 
-        from apps.foundation.rundir import RESULT_MARKER, write_metrics
+        from apps.foundation.rundir import PREP, ResultLine, RunRecord, write_metrics
 
         process, began = psutil.Process(), time.perf_counter()
         before = process.io_counters()
         value = task_function(cfg)
         after = process.io_counters()
         hydra_cfg = HydraConfig.get()
-        stage = f"{hydra_cfg.job.name}:{cfg.get('stage', 'all') or 'all'}"
-        record = {"status": "completed", "kind": "prep", "stage": stage,
-                  "objective": {"name": None, "mode": None, "value": None}, "metrics": {},
-                  "facts": {"bytes_read": after.read_chars - before.read_chars,
-                            "bytes_written": after.write_chars - before.write_chars,
-                            "wall_time_s": round(time.perf_counter() - began, 3)}}
+        record = RunRecord(kind=PREP, stage=f"{hydra_cfg.job.name}:{cfg.get('stage', 'all') or 'all'}",
+                           objective={"name": None, "mode": None, "value": None},
+                           facts={"bytes_read": after.read_chars - before.read_chars,
+                                  "bytes_written": after.write_chars - before.write_chars,
+                                  "wall_time_s": round(time.perf_counter() - began, 3)})
         if hydra_cfg.output_subdir is not None:
             write_metrics(hydra_cfg.runtime.output_dir, record)
-        # On stderr, which a pod log holds too: stdout stays the stage's own (stage=areas prints the area list).
-        print(f"{RESULT_MARKER} {json.dumps({'objective': None, 'value': None, 'record': record})}", file=sys.stderr,
-              flush=True)
+        print(ResultLine(None, None, record).format(), file=sys.stderr, flush=True)
         return value
 
     return recorded

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError, one_line
+from apps.foundation.rundir import RunRecord
 
 
 def load_run(run_dir: Path):
@@ -56,7 +57,7 @@ def check_same_chips(checkpoint: Path, datamodule, root: str) -> None:
                          f"prepare the data with the run's settings")
 
 
-def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
+def evaluate(cfg, record: RunRecord, run_dir: Path) -> dict[str, float]:
     """Test metrics of the run's saved best checkpoint, recomputed with its saved config."""
     import pytorch_lightning as pl
     from hydra.utils import get_class
@@ -65,7 +66,7 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     from apps.core.training.train import build_test_trainer, trainer_arguments
     from apps.foundation.rundir import REEVALUATION_DIR
 
-    checkpoint = run_dir / record["facts"]["best_checkpoint"]
+    checkpoint = run_dir / record.facts["best_checkpoint"]
     if not checkpoint.is_file():
         raise InputError(f"run directory {run_dir}: best checkpoint {checkpoint.name} is missing (a cluster run "
                          f"keeps it on the outputs volume or at upload.to: pass that directory or its URL)")
@@ -77,7 +78,7 @@ def evaluate(cfg, record: dict, run_dir: Path) -> dict[str, float]:
     pl.seed_everything(int(cfg.seed), workers=True)
     task = build(cfg.task, **datamodule.task_arguments())
     # The precision the run trained and tested in, whatever this machine would pick now.
-    precision = record["facts"].get("precision") or trainer_arguments(cfg)["precision"]
+    precision = record.facts.get("precision") or trainer_arguments(cfg)["precision"]
     trainer = build_test_trainer(cfg, precision, run_dir / REEVALUATION_DIR)
     tested = trainer.test(task, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
     return {k: float(v) for k, v in tested.items()}
@@ -95,7 +96,7 @@ def retrain(cfg, out_dir: Path, source: Path) -> dict[str, float]:
     OmegaConf.save(cfg, out_dir / CONFIG_FILE)
     atomic_write_text(out_dir / OVERRIDES_FILE, f"# reproduces {source}\n[]\n")
     train(cfg, out_dir)
-    return read_completed(out_dir)["metrics"]
+    return read_completed(out_dir).metrics
 
 
 def comparison_table(saved: dict[str, float], new: dict[str, float]) -> str:
@@ -124,7 +125,7 @@ def stage_run(source: str, cache: Path, evaluate: bool) -> Path:
             raise InputError(f"run directory {run_dir}: not found")
     record = read_completed(run_dir)
     if evaluate and record is not None:
-        best = record["facts"]["best_checkpoint"]
+        best = record.facts["best_checkpoint"]
         remote = remote or read_upload_record(run_dir)
         if not (run_dir / best).is_file() and remote:
             fetch_run_files(remote, [best], run_dir)
@@ -161,13 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         apply_settings(cfg, args.settings)
         if args.evaluate:
             new = evaluate(cfg, record, run_dir)
-            saved = {k: v for k, v in record["metrics"].items() if k.startswith("test/")}
-            print(f"re-evaluated {run_dir / record['facts']['best_checkpoint']}")
+            saved = {k: v for k, v in record.metrics.items() if k.startswith("test/")}
+            print(f"re-evaluated {run_dir / record.facts['best_checkpoint']}")
         else:
             stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
             out = args.out or run_dir.parent / f"{run_dir.name}-reproduced-{stamp}"
             new = retrain(cfg, out, run_dir)
-            saved = record["metrics"]
+            saved = record.metrics
             print(f"re-trained into {out}")
     except InputError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)

@@ -22,7 +22,8 @@ from omegaconf import OmegaConf
 
 from apps.foundation.errors import InputError
 from apps.foundation.rundir import (
-    HYDRA_DIR, OVERRIDES_FILE, SWEEP_SUMMARY_CSV, SWEEP_SUMMARY_MARKDOWN, read_completed,
+    COMPLETED, ERROR_FILE, HYDRA_DIR, OVERRIDES_FILE, SWEEP_SUMMARY_CSV, SWEEP_SUMMARY_MARKDOWN, RunRecord,
+    read_completed,
 )
 from apps.foundation.files import atomic_path, atomic_write_text
 
@@ -32,9 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COMPLETED, INCOMPLETE, FAILED = "completed", "incomplete", "failed"
-#: Left in a run directory by a run that failed.
-ERROR_FILE = "error.txt"
+INCOMPLETE, FAILED = "incomplete", "failed"
+"""Statuses of a run without a completed record: with an ``error.txt`` it failed, else it has not finished."""
 
 #: Columns taken from metrics.json "facts", in table order, with their pandas dtypes.
 FACT_COLUMNS = {"parameters": "Int64", "wall_time_s": float, "gpu_hours": float, "peak_memory_bytes": "Int64",
@@ -69,7 +69,7 @@ class _Run:
     path: str
     status: str
     overrides: dict[str, Any]
-    result: dict | None
+    result: RunRecord | None
 
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
@@ -113,7 +113,7 @@ def load_sweep(
         raise InputError(f"sweep directory {sweep_dir} holds no run (a directory with .hydra/)")
 
     completed = [run.result for run in runs if run.status == COMPLETED]
-    objective = (completed[0].get("objective") or {}) if completed else {}
+    objective = completed[0].objective if completed else {}
     sort_metric = metric or objective.get("name")
     metric_columns = _metric_columns(completed, objective, metrics, sort_metric, sweep_dir)
     if ascending is None:
@@ -125,9 +125,8 @@ def load_sweep(
         key: runs[0].overrides[key] for key in override_keys if key not in hyperparameters
     }
 
-    results = [run.result or {} for run in runs]
-    values = [{**_objective_metric(result), **result.get("metrics", {})} for result in results]
-    facts = [result.get("facts", {}) for result in results]
+    values = [{**_objective_metric(run.result), **run.result.metrics} if run.result else {} for run in runs]
+    facts = [run.result.facts if run.result else {} for run in runs]
     table = pd.DataFrame(
         {"run": [run.path for run in runs], "status": [run.status for run in runs]}
         | {key: _typed([run.overrides.get(key) for run in runs]) for key in override_keys}
@@ -314,14 +313,14 @@ def _read_overrides(run_dir: Path) -> dict[str, Any]:
 
 
 def _metric_columns(
-    completed: list[dict], objective: dict, requested: list[str] | None, sort_metric: str | None,
+    completed: list[RunRecord], objective: dict, requested: list[str] | None, sort_metric: str | None,
     sweep_dir: Path,
 ) -> list[str]:
     """The metric columns, the sort metric first; each must exist in a completed run, if any."""
     available = list(dict.fromkeys(
         name
         for result in completed
-        for name in [*_objective_metric(result), *result.get("metrics", {})]
+        for name in [*_objective_metric(result), *result.metrics]
     ))
     columns = list(requested or [
         name for name in available if name == objective.get("name") or name.startswith("test/")
@@ -337,10 +336,10 @@ def _metric_columns(
     return columns
 
 
-def _objective_metric(result: dict) -> dict[str, float]:
-    """{objective name: value} from a metrics.json, or {} without an objective."""
-    objective = result.get("objective") or {}
-    return {objective["name"]: objective.get("value")} if "name" in objective else {}
+def _objective_metric(result: RunRecord) -> dict[str, float]:
+    """{objective name: value} of a run record, or {} without an objective."""
+    name = result.objective.get("name")
+    return {name: result.value} if name else {}
 
 
 def _lower_is_better(metric: str | None, objective: dict) -> bool:

@@ -18,7 +18,7 @@ import yaml
 
 from apps.core.runs.report import format_float, pipe_table
 from apps.foundation.errors import InputError
-from apps.foundation.rundir import HYDRA_CONFIG_FILE, METRICS_FILE, read_completed
+from apps.foundation.rundir import HYDRA_CONFIG_FILE, METRICS_FILE, PREP, read_completed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -87,14 +87,14 @@ def load_study(directories: list[str | os.PathLike]) -> Study:
             record = read_completed(metrics.parent)
             if record is None:
                 continue
-            facts = record.get("facts") or {}
-            if record.get("kind") == "prep":
-                jobs.append(PrepJob(record["stage"], int(facts["bytes_read"]), int(facts["bytes_written"]),
+            facts = record.facts
+            if record.kind == PREP:
+                jobs.append(PrepJob(str(record.stage), int(facts["bytes_read"]), int(facts["bytes_written"]),
                                     float(facts["wall_time_s"])))
             elif "parameters" in facts:
                 choices = _choices(metrics.parent)
                 models.append(TrainedModel(
-                    app=str(record.get("app")), network=choices.get("model", "?"), dataset=choices.get("data", "?"),
+                    app=str(record.app), network=choices.get("model", "?"), dataset=choices.get("data", "?"),
                     parameters=int(facts["parameters"]), device_hours=_device_hours(facts),
                     peak_memory_bytes=facts.get("peak_memory_bytes"), peak_memory_kind=facts.get("peak_memory_kind"),
                     images=int(facts.get("images_processed") or 0), imagery_bytes=int(facts.get("imagery_bytes") or 0),

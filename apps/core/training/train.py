@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -13,12 +12,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from apps.core.config import build
 from apps.core.training.precision import AUTO, resolve_precision
-from apps.foundation.errors import InputError
+from apps.foundation.errors import InputError, one_line
 from apps.core.training.provenance import peak_memory, record_provenance
 from apps.foundation.files import atomic_write_text
 from apps.foundation.rundir import (
-    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, CONFIG_FILE, LAST_CHECKPOINT, RESULT_MARKER, UPLOAD_RECORD, read_completed,
-    read_upload_record, write_metrics, write_upload_record,
+    BEST_CHECKPOINT_NAME, CHECKPOINT_DIR, CONFIG_FILE, ERROR_FILE, LAST_CHECKPOINT, TRAIN, UPLOAD_RECORD, ResultLine,
+    RunRecord, read_completed, read_upload_record, write_error, write_metrics, write_upload_record,
 )
 
 log = logging.getLogger(__name__)
@@ -156,7 +155,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if done is not None:
         log.info("%s already holds a completed run; not training again", run_dir)
         _upload(cfg, run_dir)
-        return float(done["objective"]["value"])
+        return float(done.value)
 
     import pytorch_lightning as pl
     from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -190,12 +189,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     if cfg.objective not in metrics:
         raise InputError(f"objective={cfg.objective}: not a metric of this run (has {', '.join(sorted(metrics))})")
     memory, memory_kind = peak_memory()
-    record = {
-        "status": "completed",
-        "app": cfg.app,
-        "objective": {"name": cfg.objective, "mode": cfg.monitor_mode, "value": metrics[cfg.objective]},
-        "metrics": metrics,
-        "facts": {
+    record = RunRecord(
+        kind=TRAIN, app=str(cfg.app),
+        objective={"name": str(cfg.objective), "mode": str(cfg.monitor_mode), "value": metrics[cfg.objective]},
+        metrics=metrics,
+        facts={
             "parameters": task.num_parameters,
             "wall_time_s": round(clock.elapsed_s, 3),
             "gpu_hours": gpu_hours(trainer, clock.elapsed_s),
@@ -211,11 +209,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
             "best_checkpoint": str(Path(best).relative_to(run_dir.resolve()) if Path(best).is_absolute() else best),
             "seed": int(cfg.seed),
         },
-    }
+    )
     if trainer.is_global_zero:
         write_metrics(run_dir, record)
         _upload(cfg, run_dir)
-    return record["objective"]["value"]
+    return record.value
 
 
 def _upload(cfg: DictConfig, run_dir: Path) -> None:
@@ -238,19 +236,23 @@ def _upload(cfg: DictConfig, run_dir: Path) -> None:
 def hydra_task(cfg: DictConfig) -> float:
     """The Hydra task function of every training app: train into Hydra's output directory.
 
-    Also prints ``geoscale-result: {"objective": ..., "value": ..., "record": <metrics.json>, "uploaded_to":
-    <url or null>}`` as
-    the last line (from global rank zero only), so a launcher that sees only the process's output (a
-    pod log) gets the value that a local sweeper gets, and the run's record.
+    Prints the run's ``ResultLine`` as the last line (from global rank zero only). A failed attempt
+    leaves its one-line error in ``error.txt`` (a later attempt that completes removes it).
     """
     from hydra.core.hydra_config import HydraConfig
 
     from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-    run_dir = HydraConfig.get().runtime.output_dir
-    value = train(cfg, run_dir)
-    if getattr(rank_zero_only, "rank", 0) == 0:  # distributed runs: the global rank-zero process only
-        result = {"objective": str(cfg.objective), "value": value, "record": read_completed(Path(run_dir)),
-                  "uploaded_to": read_upload_record(run_dir)}
-        print(f"{RESULT_MARKER} {json.dumps(result, default=float)}", flush=True)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    rank_zero = getattr(rank_zero_only, "rank", 0) == 0  # distributed runs: the global rank-zero process only
+    try:
+        value = train(cfg, run_dir)
+    except Exception as exc:
+        if rank_zero:
+            write_error(run_dir, one_line(exc))
+        raise
+    if rank_zero:
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)
+        print(ResultLine(str(cfg.objective), value, read_completed(run_dir), read_upload_record(run_dir)).format(),
+              flush=True)
     return value
