@@ -186,12 +186,23 @@ def test_progress_view_writes_a_line_only_when_a_job_changes():
     assert lines[-1].split()[:3] == ["job-0", "Complete", "node-a"] and lines[-1].endswith("retries 1")
 
 
-def test_result_is_the_last_result_line_of_a_log():
-    from hydra_plugins.geoscale_kubernetes_launcher._cluster import read_result
+def test_adapter_fits_training_points_to_their_pods_and_leaves_plain_tasks_alone():
+    from omegaconf import OmegaConf
 
-    log = 'geoscale-result: {"objective": "x", "value": 0.1}\nnoise\ngeoscale-result: {"objective": "x", "value": 0.7}\nbye\n'
-    assert read_result(log) == {"objective": "x", "value": 0.7}
-    assert read_result("no result here\n") is None
+    from hydra_plugins.geoscale_kubernetes_launcher._geoscale import PointAdapter
+    from hydra_plugins.geoscale_kubernetes_launcher.config import KubernetesLauncherConf
+
+    settings = {**OmegaConf.to_container(OmegaConf.structured(KubernetesLauncherConf)), "gpus": 2}
+    adapter = PointAdapter(settings)
+    training = OmegaConf.create({"output_root": "outputs", "trainer": {"devices": 1}, "lr": 0.1})
+    plain = OmegaConf.create({"foo": 10})
+    assert adapter.trains(training) and not adapter.trains(plain)
+    assert adapter.pod_overrides(training, ["lr=0.2"], "/pod") == ["output_root=/pod", "trainer.devices=2"]
+    assert adapter.pod_overrides(training, ["output_root=/mine", "trainer.devices=1"], "/pod") == []
+    assert adapter.pod_overrides(plain, ["foo=3"], "/pod") == []
+    assert adapter.result_of("no result line\n").value is None
+    log = 'geoscale-result: {"objective": "x", "value": 0.1}\nnoise\ngeoscale-result: {"value": 100}\nbye\n'
+    assert adapter.result_of(log).value == 100  # the last result line
 
 
 def test_sweep_points_are_composed_once_and_returned_whole():

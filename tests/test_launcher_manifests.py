@@ -8,6 +8,7 @@ import kubernetes_validate
 import pytest
 from omegaconf import OmegaConf
 
+from hydra_plugins.geoscale_kubernetes_launcher._geoscale import trainer_overrides
 from hydra_plugins.geoscale_kubernetes_launcher.config import KubernetesLauncherConf
 from hydra_plugins.geoscale_kubernetes_launcher.manifests import (
     COMPLETION_INDEX_ANNOTATION, KUEUE_LABEL, job_name, render_point, sweep_id,
@@ -44,8 +45,10 @@ VARIANTS = {
 
 
 def render(variant: str, num: int = 0, overrides=("lr=0.001",)) -> list[dict]:
-    return render_point(VARIANTS[variant], "burned_area", sweep_id("/sweeps/x"), num, "apps.burned_area",
-                        list(overrides), f"/outputs/x/{num}")
+    """A training point's manifests: its overrides and those that fit its trainer to the pod."""
+    settings = VARIANTS[variant]
+    return render_point(settings, "burned_area", sweep_id("/sweeps/x"), num, "apps.burned_area",
+                        [*overrides, *trainer_overrides(settings, overrides)], f"/outputs/x/{num}")
 
 
 def check_beyond_schema(manifest: dict) -> None:

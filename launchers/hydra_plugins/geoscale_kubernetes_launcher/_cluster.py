@@ -20,7 +20,7 @@ from kubernetes.config import ConfigException, load_incluster_config, load_kube_
 from urllib3.exceptions import HTTPError as TransportError
 
 from apps.foundation.errors import InputError, one_line
-from apps.foundation.rundir import POD_LOG, RESULT_MARKER
+from apps.foundation.rundir import POD_LOG
 
 from .manifests import COMPLETION_INDEX_ANNOTATION, CONTAINER_NAME, JOB_LABEL, SWEEP_LABEL
 from ._progress import ProgressView
@@ -58,13 +58,11 @@ def describe_api_error(error: ApiException) -> str:
 
 @dataclass
 class Outcome:
-    """How a point ended: its return value when it completed, the reason when not."""
+    """How a point ended: the tail of its (leader) pod's log when it completed, the reason when not."""
 
     completed: bool
-    value: Any = None
+    log: str = ""
     reason: str = ""
-    record: dict[str, Any] | None = None  # the run's metrics.json, when its pod printed it
-    uploaded_to: str | None = None  # where the pod copied its run directory (upload.to), when it did
 
 
 def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
@@ -84,15 +82,6 @@ def make_api_client(settings: dict[str, Any]) -> client.ApiClient:
                                  "(set hydra.launcher.kube_config or hydra.launcher.api_server)") from None
     configuration.verify_ssl = settings["verify_ssl"] and configuration.verify_ssl
     return client.ApiClient(configuration)
-
-
-def read_result(log: str) -> dict[str, Any] | None:
-    """The payload of the last ``geoscale-result:`` line of a pod log (``objective``, ``value`` and,
-    from a training app, ``record``: its metrics.json), or None."""
-    for line in reversed(log.splitlines()):
-        if line.startswith(RESULT_MARKER):
-            return json.loads(line[len(RESULT_MARKER):])
-    return None
 
 
 class SweepRun:
@@ -302,10 +291,7 @@ class SweepRun:
         succeeded = [pod for pod in self._pods(point) if pod.status and pod.status.phase == "Succeeded"]
         leader = [pod for pod in succeeded
                   if (pod.metadata.annotations or {}).get(COMPLETION_INDEX_ANNOTATION, "0") == "0"]
-        log = self._save_log(point, (leader or succeeded or [None])[-1])
-        result = read_result(log) or {}
-        return Outcome(completed=True, value=result.get("value"), record=result.get("record"),
-                       uploaded_to=result.get("uploaded_to"))
+        return Outcome(completed=True, log=self._save_log(point, (leader or succeeded or [None])[-1]))
 
     def _failed(self, point: SweepPoint, condition: client.V1JobCondition) -> Outcome:
         pods = self._pods(point)

@@ -18,15 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from apps.foundation.errors import RemoteRunFailed
 
-from .manifests import job_name, render_point, sweep_id, trainer_overrides
+from ._geoscale import PointAdapter
+from .manifests import job_name, render_point, sweep_id
 
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "manifests"
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 """libyaml's dumper where PyYAML has it: several times the pure-Python one's speed, for large sweeps."""
-OUTPUT_ROOT_KEY = "output_root"
-"""The run layout's root setting (conf/run.yaml); a pod's is the parent of its sweep on the shared volume."""
 LAUNCH_SUMMARY = "Kubernetes launcher:"
 """Starts the log line giving each batch's points and the launcher's own wall time."""
 
@@ -38,7 +37,7 @@ class PointFailed(RemoteRunFailed):
 @dataclass
 class SweepPoint:
     """One sweep point: its job number, overrides, composed config, local run dir and manifests;
-    ``pod_overrides``: the overrides its pod runs with beyond ``overrides`` (output root, trainer fit)."""
+    ``pod_overrides``: the overrides its pod runs with beyond ``overrides`` (``PointAdapter.pod_overrides``)."""
 
     num: int
     overrides: list[str]
@@ -110,9 +109,12 @@ def task_part(config: DictConfig) -> DictConfig:
 class SweepConfigMemo(ConfigLoader):
     """A config loader that keeps each sweep point's composed config until the launcher takes it.
 
-    Hydra's sweepers compose every point once to check the batch before launching it, and the
-    launcher needs the same configs: composing them twice doubled the time a large sweep spent in
-    Hydra (about 80 ms a point). Every other call goes straight to the wrapped loader.
+    Why it exists: Hydra's sweepers compose every point once to check the batch before launching it,
+    and the launcher needs the same configs: composing them twice doubled the time a large sweep spent
+    in Hydra (about 80 ms a point; scripts/bench_launcher_dry_run.py). Hydra has no hook for this, so
+    ``KubernetesLauncher.setup`` puts this loader into the sweep's HydraContext, which the sweeper
+    shares: the sweeper's compositions then pass through here. Every other call goes straight to the
+    wrapped loader (they are ConfigLoader's abstract methods, so each is spelled out).
     """
 
     def __init__(self, loader: ConfigLoader) -> None:
@@ -157,20 +159,18 @@ class KubernetesLauncher(Launcher):
     def __init__(self, **settings: Any) -> None:
         self.settings = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
                          for key, value in settings.items()}
+        self.adapter = PointAdapter(self.settings)
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        """Keeps the sweep's context; its config loader is wrapped in a :class:`SweepConfigMemo`, shared
-        with the sweeper (which holds the same context), so each point is composed once."""
+        """Keeps the sweep's context, its config loader wrapped in a :class:`SweepConfigMemo`."""
         if not isinstance(hydra_context.config_loader, SweepConfigMemo):
             hydra_context.config_loader = SweepConfigMemo(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from apps.foundation.rundir import read_completed, write_metrics, write_upload_record
-
         assert self.config is not None and self.hydra_context is not None
         began = time.perf_counter()
         setup_globals()
@@ -180,17 +180,17 @@ class KubernetesLauncher(Launcher):
         sweep = sweep_id(str(sweep_dir))
         points = [self._point(sweep_dir, sweep, initial_job_idx + i, overrides) for i, overrides in enumerate(job_overrides)]
 
-        if points and self.settings["gpus"] and "trainer" not in points[0].config:
+        if points and self.settings["gpus"] and not self.adapter.trains(points[0].config):
             log.info("%s does not train: its pods request no GPU", points[0].config.hydra.job.name)
         returns: dict[int, JobReturn] = {}
         to_run = []
         for point in points:
-            done = read_completed(point.run_dir)
+            done = self.adapter.completed(point.run_dir)
             if done is None:
                 to_run.append(point)
             else:
                 log.info("#%d %s already completed; not launched again", point.num, point.run_dir)
-                returns[point.num] = self._job_return(point, JobStatus.COMPLETED, done["objective"]["value"])
+                returns[point.num] = self._job_return(point, JobStatus.COMPLETED, done.value)
 
         if self.settings["dry_run"]:
             write_manifests(to_run, sweep_dir / MANIFEST_DIR)
@@ -206,14 +206,13 @@ class KubernetesLauncher(Launcher):
             outcomes = SweepRun(self.settings, sweep, to_run, ProgressView()).run()
             for point in to_run:
                 outcome = outcomes[point.num]
-                if not outcome.completed:
+                if outcome.completed:
+                    result = self.adapter.result_of(outcome.log)
+                    self.adapter.keep(point.run_dir, result)
+                    returns[point.num] = self._job_return(point, JobStatus.COMPLETED, result.value)
+                else:
                     log.error("#%d failed: %s", point.num, outcome.reason)
-                elif outcome.record is not None and read_completed(point.run_dir) is None:
-                    write_metrics(point.run_dir, outcome.record)  # the pod's run dir is on a volume not mounted here
-                    if outcome.uploaded_to:  # where reproduce finds what stayed on that volume
-                        write_upload_record(point.run_dir, outcome.uploaded_to)
-                returns[point.num] = (self._job_return(point, JobStatus.COMPLETED, outcome.value) if outcome.completed
-                                      else self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason)))
+                    returns[point.num] = self._job_return(point, JobStatus.FAILED, PointFailed(outcome.reason))
         log.info("%s %d points (%d launched) in %.2f s", LAUNCH_SUMMARY, len(points), len(to_run),
                  time.perf_counter() - began)
         return [returns[point.num] for point in points]
@@ -229,18 +228,14 @@ class KubernetesLauncher(Launcher):
         pod_root = self.settings["output_root_in_pod"] or str(sweep_dir.parent)
         pod_run_dir = f"{pod_root.rstrip('/')}/{sweep_dir.name}/{subdir}"
         app = str(config.hydra.job.name)
-        trains = "trainer" in config
         task_overrides = filter_overrides(list(overrides))
-        given = {override.split("=", 1)[0].lstrip("+~") for override in task_overrides}
-        if OUTPUT_ROOT_KEY in config and OUTPUT_ROOT_KEY not in given:
-            # Runs are named below the output root where they are copied (upload.to): <sweep>/<num>, as here.
-            task_overrides.append(f"{OUTPUT_ROOT_KEY}={pod_root}")
-        fitted = trainer_overrides(self.settings, task_overrides) if trains else []
+        pod_overrides = self.adapter.pod_overrides(config, task_overrides, pod_root)
         return SweepPoint(num=num, overrides=list(overrides), config=config, run_dir=sweep_dir / subdir,
                           name=job_name(app, sweep, num),
                           manifests=render_point(self.settings, app, sweep, num, app_module(self.settings),
-                                                 task_overrides, pod_run_dir, trains=trains),
-                          pod_overrides=task_overrides[len(filter_overrides(list(overrides))):] + fitted)
+                                                 [*task_overrides, *pod_overrides], pod_run_dir,
+                                                 trains=self.adapter.trains(config)),
+                          pod_overrides=pod_overrides)
 
     def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:
         """The point's JobReturn: ``cfg`` its config without the hydra node, ``hydra_cfg`` the whole config."""

@@ -39,28 +39,12 @@ def point_labels(app: str, sweep: str, num: int) -> dict[str, str]:
     return {APP_LABEL: dns_label(app), SWEEP_LABEL: sweep, JOB_LABEL: str(num)}
 
 
-def pod_command(settings: Mapping[str, Any], app_module: str, overrides: Sequence[str], run_dir: str,
-                trains: bool = True) -> list[str]:
-    """The pod's argv: the app with the point's overrides (and, for an app that trains,
-    :func:`trainer_overrides`), writing its run directory to ``run_dir``.
+def pod_command(settings: Mapping[str, Any], app_module: str, overrides: Sequence[str], run_dir: str) -> list[str]:
+    """The pod's argv: the app with ``overrides``, writing its run directory to ``run_dir``.
 
     A list, never a shell line, so override values need no quoting.
     """
-    fitted = trainer_overrides(settings, overrides) if trains else []
-    return [settings["python"], "-m", app_module, *overrides, *fitted, f"hydra.run.dir={run_dir}"]
-
-
-def trainer_overrides(settings: Mapping[str, Any], overrides: Sequence[str]) -> list[str]:
-    """Overrides that fit the trainer to its pod: ``trainer.num_nodes`` for multi-node points and
-    ``trainer.devices`` = the pod's GPUs (so Lightning's world is num_nodes x GPUs, as WORLD_SIZE
-    says, and no requested GPU sits idle). A key the point overrides itself is left to it."""
-    fitted: dict[str, int] = {}
-    if settings["num_nodes"] > 1:
-        fitted["trainer.num_nodes"] = settings["num_nodes"]
-    if settings["gpus"] > 0 or settings["num_nodes"] > 1:
-        fitted["trainer.devices"] = max(settings["gpus"], 1)
-    given = {override.split("=", 1)[0].lstrip("+~") for override in overrides}
-    return [f"{key}={value}" for key, value in fitted.items() if key not in given]
+    return [settings["python"], "-m", app_module, *overrides, f"hydra.run.dir={run_dir}"]
 
 
 def _resources(settings: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -188,14 +172,14 @@ def render_service(settings: Mapping[str, Any], name: str, labels: Mapping[str, 
 
 def render_point(settings: Mapping[str, Any], app: str, sweep: str, num: int, app_module: str,
                  overrides: Sequence[str], run_dir: str, trains: bool = True) -> list[dict[str, Any]]:
-    """The manifests of one sweep point: its Job, preceded by a headless Service when multi-node.
+    """The manifests of one sweep point: its Job, preceded by a headless Service when multi-node; its
+    pod runs ``app_module`` with ``overrides`` (all of them: the point's and those fitting it to its pod).
 
-    trains: the app has a trainer to fit to the pod (see :func:`pod_command`); one that does not
-    (acquisition, prep, weights) gets no GPU, whatever ``settings["gpus"]`` says, and writes the
-    volumes marked ``prep_writes``.
+    trains: the app trains; one that does not (acquisition, prep, weights) gets no GPU, whatever
+    ``settings["gpus"]`` says, and writes the volumes marked ``prep_writes``.
     """
     if not trains:
         settings = {**settings, "gpus": 0}
     name, labels = job_name(app, sweep, num), point_labels(app, sweep, num)
-    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir, trains), trains)
+    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir), trains)
     return [render_service(settings, name, labels), job] if settings["num_nodes"] > 1 else [job]
