@@ -186,6 +186,17 @@ def test_progress_view_writes_a_line_only_when_a_job_changes():
     assert lines[-1].split()[:3] == ["job-0", "Complete", "node-a"] and lines[-1].endswith("retries 1")
 
 
+def test_pods_get_the_sweeps_hydra_overrides_but_those_of_the_sweep_itself():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.geoscale_kubernetes_launcher.launcher import job_hydra_overrides
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": [
+        "hydra/launcher=kubernetes", "hydra.launcher.api_server=http://x", "hydra.sweep.dir=s", "hydra.sweeper.n=2",
+        "hydra.run.dir=r", "hydra.mode=MULTIRUN", "hydra.job.chdir=True", "+hydra.job.name=n", "hydra/job_logging=none"]}}})
+    assert job_hydra_overrides(config) == ["hydra.job.chdir=True", "+hydra.job.name=n", "hydra/job_logging=none"]
+
+
 def test_adapter_fits_training_points_to_their_pods_and_leaves_plain_tasks_alone():
     from omegaconf import OmegaConf
 

@@ -104,6 +104,13 @@ def test_job_runs_the_app_with_the_point_overrides_as_a_list():
     assert job["spec"]["template"]["metadata"]["labels"] == job["metadata"]["labels"]
 
 
+def test_pod_runs_the_sweeps_primary_config_in_a_run_dir_hydra_reads_as_one_path():
+    [job] = render_point(VARIANTS["cpu-only"], "a_module", sweep_id("/sweeps/x"), 0, "a_module", ["a=1", "b=2"],
+                         "/sweeps/x/a=1,b=2", trains=False, config_name="compose")
+    assert command_of([job]) == ["python", "-m", "a_module", "--config-name=compose", "a=1", "b=2",
+                                 "hydra.run.dir=/sweeps/x/a\\=1\\,b\\=2"]
+
+
 def test_pods_run_locked_down():
     (job,) = render("secrets")
     pod = job["spec"]["template"]["spec"]

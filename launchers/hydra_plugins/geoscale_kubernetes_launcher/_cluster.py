@@ -108,6 +108,7 @@ class SweepRun:
         timeout = self.settings["sweep_timeout_s"]
         deadline = time.monotonic() + timeout if timeout else None
         try:
+            self._delete_earlier_jobs()
             self._refill()
             while self.active:
                 self._follow(deadline)
@@ -167,6 +168,16 @@ class SweepRun:
             self.outcomes[point.num] = outcome
         if before is not JobState.QUEUED or state is JobState.SUBMITTED:
             self.progress.update(point.name, state.value, node, retries)
+
+    def _delete_earlier_jobs(self) -> None:
+        """Delete the Jobs an earlier launch of this sweep left under the names of the points to run (the
+        API server keeps a finished Job ttlSecondsAfterFinished): each point runs again instead of its
+        create answering 409 and that old Job's end being taken for its own."""
+        names = {point.name for point in self.pending}
+        listed = self._call(self.batch.list_namespaced_job, self.namespace, label_selector=self.selector)
+        for job in listed.items:
+            if job.metadata.name in names:
+                self._delete(self.batch.delete_namespaced_job, job.metadata.name)
 
     def _refill(self) -> None:
         while self.pending and len(self.active) < self.settings["max_in_flight"]:

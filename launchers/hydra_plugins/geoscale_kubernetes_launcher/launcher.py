@@ -28,6 +28,9 @@ YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 """libyaml's dumper where PyYAML has it: several times the pure-Python one's speed, for large sweeps."""
 LAUNCH_SUMMARY = "Kubernetes launcher:"
 """Starts the log line giving each batch's points and the launcher's own wall time."""
+SWEEP_ONLY_HYDRA_KEYS = ("hydra/launcher", "hydra.launcher", "hydra/sweeper", "hydra.sweeper", "hydra.sweep",
+                         "hydra.run", "hydra.mode")
+"""Hydra settings of the sweep itself, not of its jobs: a pod gets every other Hydra override of the sweep."""
 
 
 class PointFailed(RemoteRunFailed):
@@ -56,6 +59,16 @@ def app_module(settings: dict[str, Any]) -> str:
     if spec is None:
         raise ValueError("hydra.launcher.app_module is not set and the app was not run with python -m")
     return spec.name.removesuffix(".__main__")
+
+
+def job_hydra_overrides(config: DictConfig) -> list[str]:
+    """The sweep's Hydra overrides that shape each job (``hydra.job.chdir``, ``hydra.job.name``, logging,
+    ...), as the pods get them: without those of SWEEP_ONLY_HYDRA_KEYS."""
+    def sweep_only(override: str) -> bool:
+        key = override.split("=", 1)[0].lstrip("+~")
+        return any(key == prefix or key.startswith(f"{prefix}.") for prefix in SWEEP_ONLY_HYDRA_KEYS)
+
+    return [override for override in config.hydra.overrides.hydra if not sweep_only(override)]
 
 
 def write_manifests(points: Sequence[SweepPoint], manifest_dir: Path) -> None:
@@ -230,11 +243,12 @@ class KubernetesLauncher(Launcher):
         app = str(config.hydra.job.name)
         task_overrides = filter_overrides(list(overrides))
         pod_overrides = self.adapter.pod_overrides(config, task_overrides, pod_root)
+        arguments = [*job_hydra_overrides(config), *task_overrides, *pod_overrides]
         return SweepPoint(num=num, overrides=list(overrides), config=config, run_dir=sweep_dir / subdir,
                           name=job_name(app, sweep, num),
-                          manifests=render_point(self.settings, app, sweep, num, app_module(self.settings),
-                                                 [*task_overrides, *pod_overrides], pod_run_dir,
-                                                 trains=self.adapter.trains(config)),
+                          manifests=render_point(self.settings, app, sweep, num, app_module(self.settings), arguments,
+                                                 pod_run_dir, trains=self.adapter.trains(config),
+                                                 config_name=config.hydra.job.config_name),
                           pod_overrides=pod_overrides)
 
     def _job_return(self, point: SweepPoint, status: JobStatus, value: Any) -> JobReturn:

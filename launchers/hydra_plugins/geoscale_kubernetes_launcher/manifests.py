@@ -6,6 +6,8 @@ import hashlib
 import re
 from typing import Any, Mapping, Sequence
 
+from hydra._internal.grammar.utils import escape_special_characters
+
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, NOT_READY_EXIT_CODE
 
 APP_LABEL = "geoscale.io/app"
@@ -39,12 +41,17 @@ def point_labels(app: str, sweep: str, num: int) -> dict[str, str]:
     return {APP_LABEL: dns_label(app), SWEEP_LABEL: sweep, JOB_LABEL: str(num)}
 
 
-def pod_command(settings: Mapping[str, Any], app_module: str, overrides: Sequence[str], run_dir: str) -> list[str]:
-    """The pod's argv: the app with ``overrides``, writing its run directory to ``run_dir``.
+def pod_command(settings: Mapping[str, Any], app_module: str, overrides: Sequence[str], run_dir: str,
+                config_name: str | None = None) -> list[str]:
+    """The pod's argv: the app with its primary config ``config_name`` (None: the app's default) and
+    ``overrides``, writing its run directory to ``run_dir``.
 
-    A list, never a shell line, so override values need no quoting.
+    A list, never a shell line, so override values need no shell quoting; the run dir is escaped
+    for Hydra's override grammar (a subdir such as ``a=1,b=2`` is one path, not a sweep).
     """
-    return [settings["python"], "-m", app_module, *overrides, f"hydra.run.dir={run_dir}"]
+    config = [f"--config-name={config_name}"] if config_name else []
+    return [settings["python"], "-m", app_module, *config, *overrides,
+            f"hydra.run.dir={escape_special_characters(run_dir)}"]
 
 
 def _resources(settings: Mapping[str, Any]) -> dict[str, dict[str, str]]:
@@ -171,9 +178,11 @@ def render_service(settings: Mapping[str, Any], name: str, labels: Mapping[str, 
 
 
 def render_point(settings: Mapping[str, Any], app: str, sweep: str, num: int, app_module: str,
-                 overrides: Sequence[str], run_dir: str, trains: bool = True) -> list[dict[str, Any]]:
+                 overrides: Sequence[str], run_dir: str, trains: bool = True,
+                 config_name: str | None = None) -> list[dict[str, Any]]:
     """The manifests of one sweep point: its Job, preceded by a headless Service when multi-node; its
-    pod runs ``app_module`` with ``overrides`` (all of them: the point's and those fitting it to its pod).
+    pod runs ``app_module`` with ``overrides`` (all of them: the point's and those fitting it to its pod)
+    and its primary config ``config_name``.
 
     trains: the app trains; one that does not (acquisition, prep, weights) gets no GPU, whatever
     ``settings["gpus"]`` says, and writes the volumes marked ``prep_writes``.
@@ -181,5 +190,5 @@ def render_point(settings: Mapping[str, Any], app: str, sweep: str, num: int, ap
     if not trains:
         settings = {**settings, "gpus": 0}
     name, labels = job_name(app, sweep, num), point_labels(app, sweep, num)
-    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir), trains)
+    job = render_job(settings, name, labels, pod_command(settings, app_module, overrides, run_dir, config_name), trains)
     return [render_service(settings, name, labels), job] if settings["num_nodes"] > 1 else [job]
