@@ -28,24 +28,6 @@ class StandInHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         """Quiet: tests read the stand-in's own request records instead."""
 
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    def do_HEAD(self) -> None:
-        self._dispatch()
-
-    def do_POST(self) -> None:
-        self._dispatch()
-
-    def do_PUT(self) -> None:
-        self._dispatch()
-
-    def do_PATCH(self) -> None:
-        self._dispatch()
-
-    def do_DELETE(self) -> None:
-        self._dispatch()
-
     def _dispatch(self) -> None:
         if self.command not in self.methods:
             self.send_error(501, f"Unsupported method ({self.command!r})")
@@ -56,6 +38,8 @@ class StandInHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         except Exception as error:  # noqa: BLE001 - a stand-in bug must reach the client as a 500
             self.send_json(500, self.internal_error(error))
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _dispatch
 
     def answer(self, method: str) -> None:
         """Answer the request: routing and the stand-in's own errors."""
