@@ -107,8 +107,9 @@ def main() -> None:
         root = make_chip_dataset(tmp / "chips", chips_per_scene=chips_needed // 2 + 1, size=args.chip_size)
         cfg = compose_app_config("burned_area", [
             f"data.root={root}", f"model.encoder={args.encoder}", f"batch_size={args.batch_size}", "epochs=1",
-            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.num_sanity_val_steps=0",
-            "trainer.limit_val_batches=0", f"trainer.limit_train_batches={args.steps + args.warmup}",
+            "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "+trainer.enable_model_summary=false",
+            "trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=0",
+            f"trainer.limit_train_batches={args.steps + args.warmup}",
             "monitor=null", f"trainer.precision={precision}",
         ])
         plain, core = [], []
