@@ -185,3 +185,19 @@ def test_acquire_benchmark_reads_fewer_bytes_by_window_than_whole_downloads():
     assert windowed["seconds"] > 0 and full["seconds"] > 0
     assert_quotient(report["bytes_windowed_over_full"], windowed["bytes"], full["bytes"], (4, None, None))
     assert_quotient(report["seconds_windowed_over_full"], windowed["seconds"], full["seconds"], (3, 3, 3))
+
+
+@pytest.mark.slow
+def test_launcher_benchmark_splits_the_sweep_and_compares_it_with_the_direct_client():
+    report = run_script("bench_launcher.py")  # the study's grid: no smaller size without changing the benchmark
+    baseline, launcher = report["baseline_direct_client"], report["launcher"]
+    assert baseline["jobs"] == baseline["finished"] == baseline["results"] == launcher["jobs_created"] == 144
+    assert launcher["jobs_complete"] == launcher["results_read_back"] == 144 and baseline["wall_s"] > 0
+    for side in (baseline, launcher):  # one create per Job; the totals are the per-Job figures times the Jobs
+        per_job = side["requests_per_job"]
+        assert per_job["create"] == 1.0
+        assert_sum(side["requests_total"] / 144, per_job.values(), 3)
+    for sweep in (report["dry_run"], launcher):  # the command's wall time split into its three parts
+        assert sweep["launcher_s"] > 0 and sweep["app_startup_s"] == launcher["app_startup_s"] > 0
+        assert_sum(sweep["command_wall_s"], [sweep["launcher_s"], sweep["app_startup_s"], sweep["hydra_sweep_s"]], 3)
+    assert_verdict(launcher["within_target"], launcher["launcher_s"], launcher["target_launcher_s"], 3, at_most=True)
