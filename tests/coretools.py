@@ -12,11 +12,8 @@ from apps.core.config import compose_app_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-# A U-Net small enough to train in seconds on 32x32 chips.
-TINY_MODEL = [
-    "model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]",
-    "batch_size=4", "num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-]
+TINY_MODEL = ["debug=tiny"]
+"""The tiny-model config group (conf/<app>/debug/tiny.yaml): a network that trains in seconds on 32 px chips."""
 
 
 def compose_config(config_name: str = "burned_area", overrides: list[str] = ()):

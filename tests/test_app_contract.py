@@ -84,18 +84,17 @@ def segmentation_chips(root: Path) -> Path:
     return make_chip_dataset(root, chips_per_scene=2, size=32)
 
 
-ONE_BATCH = ("epochs=1", "batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false",
-             "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
+ONE_BATCH = ("epochs=1", "batch_size=2", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
              "trainer.num_sanity_val_steps=0")
 APPS = [
-    AppCase("burned_area", ("model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]"),
+    AppCase("burned_area", ("debug=tiny",),
             segmentation_chips, "apps.burned_area.predict", burned_area_scene, class_map("burned")),
-    pytest.param(AppCase("deforestation", ("model=fc_siam_diff",), pair_chips, "apps.deforestation.predict",
+    pytest.param(AppCase("deforestation", ("debug=tiny",), pair_chips, "apps.deforestation.predict",
                          deforestation_pair, class_map("change")), marks=pytest.mark.slow, id="deforestation"),
-    pytest.param(AppCase("deforestation", ("model=changeformer_v6",), pair_chips, "apps.deforestation.predict",
+    pytest.param(AppCase("deforestation", ("debug=tiny", "model=changeformer_v6"), pair_chips, "apps.deforestation.predict",
                          deforestation_pair, class_map("change")), marks=pytest.mark.slow,
                  id="deforestation-changeformer"),
-    pytest.param(AppCase("detection", ("model=fcos_small",), box_chips, "apps.detection.predict", object_scene, boxes),
+    pytest.param(AppCase("detection", ("debug=tiny",), box_chips, "apps.detection.predict", object_scene, boxes),
                  marks=pytest.mark.slow, id="detection"),
 ]
 

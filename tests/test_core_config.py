@@ -37,6 +37,20 @@ def test_every_group_option_composes(group, app):
         assert cfg.app == app
 
 
+@pytest.mark.parametrize("app, spelled_out", [
+    ("burned_area", ["model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]"]),
+    ("deforestation", ["model=fc_siam_diff"]),
+    ("detection", ["model=fcos_small", "batch_size=2"]),
+])
+def test_debug_tiny_is_the_tiny_network_and_a_model_choice_still_wins(app, spelled_out):
+    loader = ["num_workers=0", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
+    batch = [] if app == "detection" else ["batch_size=4"]
+    assert compose_config(app, ["debug=tiny"]) == compose_config(app, [*spelled_out, *batch, *loader])
+    if app != "burned_area":
+        other = "changeformer_v6" if app == "deforestation" else "yolov3"
+        assert compose_config(app, ["debug=tiny", f"model={other}"]).model == compose_config(app, [f"model={other}"]).model
+
+
 def test_every_optimizer_and_scheduler_builds():
     import torch
 

@@ -24,12 +24,9 @@ import pytest
 
 from coretools import REPO
 
-TINY_TRAINING = ("model.encoder=resnet18 +model.encoder_depth=3 +model.decoder_channels=[32,16,8] epochs=1 "
-                 "batch_size=4 num_workers=0 trainer.enable_progress_bar=false")
-TINY_CHANGE = ("model=fc_siam_diff epochs=1 batch_size=4 num_workers=0 trainer.enable_progress_bar=false "
-               "trainer.limit_train_batches=2")
-TINY_DETECTION = ("model=fcos_small epochs=1 batch_size=2 num_workers=0 trainer.enable_progress_bar=false "
-                  "trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2")
+TINY_TRAINING = "debug=tiny epochs=1"
+TINY_CHANGE = "debug=tiny epochs=1 trainer.limit_train_batches=2"
+TINY_DETECTION = "debug=tiny epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=2 trainer.limit_test_batches=2"
 DRY_RUN = "cluster=nautilus hydra.launcher.dry_run=true hydra.sweep.dir=outputs/dry_run"
 SET_UP_AND_TESTS = ("bash scripts/setup.sh && bash scripts/main_job.sh",
                     "bash scripts/setup.sh --dev && .venv/bin/python -m pytest -q")
