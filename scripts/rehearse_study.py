@@ -42,14 +42,12 @@ BUCKET = "geoscale-study"
 SKIPPED_EXIT_CODE = 77
 """Exit code when this machine cannot make mount namespaces (the rehearsal cannot run here)."""
 TINY = {
-    "burned_area": ["model.encoder=resnet18", "+model.encoder_depth=3", "+model.decoder_channels=[32,16,8]",
-                    "epochs=1", "batch_size=4", "num_workers=0", "trainer.enable_progress_bar=false"],
-    "deforestation": ["model=fc_siam_diff", "epochs=1", "batch_size=4", "num_workers=0",
-                      "trainer.enable_progress_bar=false", "trainer.limit_train_batches=2"],
-    "detection": ["model=fcos_small", "epochs=1", "batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false",
-                  "trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"],
+    "burned_area": ["debug=tiny", "epochs=1"],
+    "deforestation": ["debug=tiny", "epochs=1", "trainer.limit_train_batches=2"],
+    "detection": ["debug=tiny", "epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+                  "trainer.limit_test_batches=2"],
 }
-"""Overrides that keep each app's training to seconds on a CPU."""
+"""Overrides that keep each app's training to seconds on a CPU (the tiny network of ``debug=tiny``)."""
 
 
 class StageFailed(Exception):
