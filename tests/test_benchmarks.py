@@ -12,7 +12,7 @@ from typing import Iterable
 
 import pytest
 
-from coretools import REPO
+from helpers.core import REPO
 
 
 def run_script(name: str, *args: str) -> dict:

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from coretools import CONF_DIR, compose_config
+from helpers.core import CONF_DIR, compose_config
 
 from apps.core.config import build
 
@@ -53,7 +53,7 @@ CASES = [(app, group, option) for app in APPS for group in groups(app) for optio
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> dict[str, Path]:
     from data_prep.synthetic_chips import make_chip_dataset, make_pair_chip_dataset
-    from detectiontools import make_box_dataset
+    from helpers.detection import make_box_dataset
 
     root = tmp_path_factory.mktemp("datasets")
     return {"burned_area": make_chip_dataset(root / "segmentation", chips_per_scene=2, size=32),

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from coretools import REPO
+from helpers.core import REPO
 
 pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools")
 

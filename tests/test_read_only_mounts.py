@@ -10,7 +10,7 @@ import pytest
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
 from apps.foundation.files import mount_point
-from coretools import REPO
+from helpers.core import REPO
 
 MOUNTINFO = (
     "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"

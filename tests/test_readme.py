@@ -22,7 +22,7 @@ from unittest import mock
 
 import pytest
 
-from coretools import REPO
+from helpers.core import REPO
 
 TINY_TRAINING = "debug=tiny epochs=1"
 TINY_CHANGE = "debug=tiny epochs=1 trainer.limit_train_batches=2"

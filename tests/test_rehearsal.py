@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from coretools import REPO
+from helpers.core import REPO
 
 SKIPPED = 77
 

@@ -8,7 +8,7 @@ import itertools
 import pytest
 from omegaconf import OmegaConf
 
-from coretools import CONF_DIR, compose_config
+from helpers.core import CONF_DIR, compose_config
 
 ADAMW_DETECTORS = {"swin_t_faster_rcnn", "deformable_detr"}
 IMAGENET_DETECTORS = {"faster_rcnn_convnext", "swin_t_faster_rcnn", "vit_faster_rcnn"}
