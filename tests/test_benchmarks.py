@@ -12,13 +12,13 @@ from typing import Iterable
 
 import pytest
 
-from helpers.core import REPO
+from helpers.core import LIMIT_S, REPO
 
 
 def run_script(name: str, *args: str) -> dict:
     """The JSON object that ``scripts/<name> args`` prints as its whole stdout."""
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / name), *args], capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
+                          timeout=LIMIT_S, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 

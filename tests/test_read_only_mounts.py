@@ -10,7 +10,7 @@ import pytest
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE
 from apps.foundation.files import mount_point
-from helpers.core import REPO
+from helpers.core import LIMIT_S, REPO
 
 MOUNTINFO = (
     "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
@@ -47,7 +47,7 @@ def read_only_mount(tmp_path):
 def test_a_prep_writing_to_a_read_only_mount_fails_in_one_line_naming_it(read_only_mount, tmp_path):
     source, target = read_only_mount
     argv = [sys.executable, "-m", "data_prep.synthetic", f"out_dir={target}/scenes", "n_scenes=1", "size=64"]
-    proc = subprocess.run(read_only_bind(source, target, *argv), cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(read_only_bind(source, target, *argv), cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
     assert proc.returncode == CONFIG_ERROR_EXIT_CODE, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"{target} is mounted read-only" in lines[0], proc.stderr

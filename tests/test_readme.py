@@ -22,7 +22,7 @@ from unittest import mock
 
 import pytest
 
-from helpers.core import REPO
+from helpers.core import LIMIT_S, REPO
 
 TINY_TRAINING = "debug=tiny epochs=1"
 TINY_CHANGE = "debug=tiny epochs=1 trainer.limit_train_batches=2"
@@ -124,7 +124,7 @@ def run(command: str, cwd: Path, run_dirs: dict[str, Path]) -> subprocess.Comple
     for name, path in run_dirs.items():
         command = command.replace(name, str(path))
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+    return subprocess.run(command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=LIMIT_S,
                           executable="/bin/bash")
 
 

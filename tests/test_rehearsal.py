@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from helpers.core import REPO
+from helpers.core import LIMIT_S, REPO
 
 SKIPPED = 77
 
@@ -16,7 +16,7 @@ SKIPPED = 77
 @pytest.mark.slow
 def test_the_whole_study_runs_as_one_piece(tmp_path):
     proc = subprocess.run(["bash", "scripts/rehearse_study.sh", "--workspace", str(tmp_path / "rehearsal")], cwd=REPO,
-                          capture_output=True, text=True, timeout=3600)
+                          capture_output=True, text=True, timeout=LIMIT_S)
     if proc.returncode == SKIPPED:
         pytest.skip(proc.stderr.strip())
     assert proc.returncode == 0, proc.stderr[-5000:]

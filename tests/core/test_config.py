@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from helpers.core import CONF_DIR, REPO, compose_config, run_module, sweep_points
+from helpers.core import CONF_DIR, LIMIT_S, REPO, compose_config, run_module, sweep_points
 
 
 def group_options(group: str, app: str = "burned_area") -> list[str]:
@@ -140,7 +140,7 @@ def test_run_directories_never_collide():
 
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=str(REPO / "tests"), stdout=subprocess.PIPE,
                               text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=120)[0].split() for p in procs]
+    outputs = [p.communicate(timeout=LIMIT_S)[0].split() for p in procs]
     (sweep_a, run_a, sweep_a2), (sweep_b, run_b, _) = outputs
     assert sweep_a == sweep_a2, "a sweep directory must resolve the same every time within one process"
     assert sweep_a != sweep_b and run_a != run_b

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from apps.core.runs.report import SweepSummary, find_run_dirs, load_sweep, plot_sweep, to_csv, to_markdown
 from apps.report.__main__ import main
-from helpers import REPO
+from helpers import LIMIT_S, REPO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -200,7 +200,7 @@ def test_cli_bad_path_exits_with_one_line_error(make_bad_path, tmp_path: Path) -
     bad_path = make_bad_path(tmp_path)
 
     result = subprocess.run([sys.executable, "-m", "apps.report", str(bad_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=LIMIT_S)
 
     assert result.returncode == CONFIG_ERROR_EXIT_CODE
     assert result.stdout == ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.synthetic_chips import make_chip_dataset
-from helpers.core import REPO, TINY_MODEL, compose_config, run_module
+from helpers.core import LIMIT_S, REPO, TINY_MODEL, compose_config, run_module
 
 from apps.foundation.errors import InputError
 from apps.core.training.train import train
@@ -129,7 +129,7 @@ def test_sigkill_mid_epoch_then_rerun_resumes(tmp_path):
     killed_at_epoch = torch.load(last, map_location="cpu", weights_only=True)["epoch"]
     assert killed_at_epoch < 2
 
-    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "Restoring states from the checkpoint" in rerun.stdout + rerun.stderr
     record = json.loads((run_dir / "metrics.json").read_text())
@@ -220,14 +220,14 @@ def test_ddp_on_two_processes_records_the_whole_test_split_once(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     [result_line] = [line for line in proc.stdout.splitlines() if line.startswith("geoscale-result:")]
     cfg, record = load_run(run_dir)
-    assert json.loads(result_line.split(" ", 1)[1])["value"] == record["objective"]["value"]
-    assert record["facts"]["device_count"] == 2
+    assert json.loads(result_line.split(" ", 1)[1])["value"] == record.value
+    assert record.facts["device_count"] == 2
     assert len(json.loads((run_dir / "provenance.json").read_text())) == 1
     # Scores come from the confusion matrix summed over both processes, each chip counted once:
     # one process on the whole test split gets the same.
     single = evaluate(cfg, record, run_dir)
     for name in ("test/iou", "test/f1", "test/accuracy"):
-        assert single[name] == pytest.approx(record["metrics"][name], abs=1e-6)
+        assert single[name] == pytest.approx(record.metrics[name], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -300,7 +300,7 @@ def test_batch_size_auto_under_ddp_is_found_once_before_the_start_and_used_by_ev
          "batch_size=auto", "default_batch_size=2", "num_workers=0", "trainer.enable_progress_bar=false",
          f"data.root={chips}", "epochs=1", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp",
          "+callbacks.record._target_=__main__.RecordBatchSize", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=900)
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=LIMIT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((run_dir / f"rank_{rank}.json").read_text()) for rank in (0, 1)]
     assert ranks == [{"batch_size": 4, "world": 2}] * 2

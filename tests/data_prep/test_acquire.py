@@ -21,7 +21,7 @@ from shapely.geometry import box, mapping
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from helpers.rasters import write_geotiff
-from helpers.core import CONF_DIR, compose_config
+from helpers.core import CONF_DIR, LIMIT_S, compose_config
 from data_prep.acquire import AcquireConfig, date_windows, read_polygons
 from data_prep.areas import AreaSettings, plan_areas, utm_crs
 from data_prep.fetch import SNAP_M, Fetcher, SceneJob, cut, snapped_window
@@ -256,7 +256,7 @@ def test_a_missing_token_variable_is_bad_input(monkeypatch):
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data_prep.acquire", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def outputs(out: Path) -> list[str]:

@@ -24,6 +24,7 @@ from data_prep.acquire import REMOTE_ERROR_EXIT_CODE, AcquireConfig, acquire
 from data_prep.areas import AreaSettings
 from data_prep.stac import CatalogSettings, DownloadSettings, RemoteError
 from geoscale_standins.stac import StacStandin, synthetic_s2_catalog
+from helpers import LIMIT_S
 
 EARTH_SEARCH = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir", "SCL": "scl", "TCI": "visual"}
 FAST = DownloadSettings(retries=2, backoff_s=0.05, timeout_s=10, chunk_bytes=4096)
@@ -72,7 +73,7 @@ def assert_window_of_source(band_file: Path, source: Path) -> None:
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data_prep.acquire", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+                          timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
 
 def profile_dir(tmp_path: Path, stac: StacStandin, **fields) -> Path:

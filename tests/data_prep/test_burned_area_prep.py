@@ -25,7 +25,7 @@ from data_prep.burned_area import BurnChipSettings, BurnedAreaPreparation, PrepC
 from data_prep.normalize import NormalizeSettings
 from apps.foundation.chips import ChipDataset
 from data_prep.split import SplitSettings
-from helpers import REPO
+from helpers import LIMIT_S, REPO
 
 CLI_CHIP = [f"chip.{key}={value}" for key, value in TINY_CHIP.items()]
 
@@ -45,7 +45,7 @@ def copy_scenes(synthetic_scenes, tmp_path: Path, n: int | None = None) -> Path:
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data_prep.burned_area", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def manifest_rows(root: Path) -> list[tuple]:
@@ -341,7 +341,7 @@ def test_killed_prep_resumes_to_the_complete_dataset(tmp_path):
 def test_benchmark_script_reports_its_figures(tmp_path):
     script = REPO / "scripts" / "bench_data_prep.py"
     result = subprocess.run([sys.executable, str(script), "--size", "700", "--work-dir", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=LIMIT_S)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert set(report["stages_s"]) == {"normalize", "label", "chip"}

@@ -31,6 +31,7 @@ from data_prep.sentinel2 import (
 from data_prep.normalize import stretch
 from data_prep.spatial_split import RasterWindows, assign_blocks, split_windows
 from data_prep.synthetic_pairs import generate_pairs, mtd_xml
+from helpers import LIMIT_S
 
 CHIP = {"size": 64, "overlap": 0.25, "min_change_fraction": 0.1, "max_ignore_fraction": 0.5}
 CLI_ARGS = ["target_year=2021", *(f"chip.{k}={v}" for k, v in CHIP.items())]
@@ -375,7 +376,7 @@ def test_missing_scl_is_fine_without_the_cloud_mask(tmp_path, pairs):
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "data_prep.deforestation", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          text=True, timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 @pytest.mark.parametrize("case", ["missing SCL", "outside date window"])
@@ -397,7 +398,7 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path, pairs, case):
 @pytest.mark.slow
 def test_synthetic_pairs_cli_and_prodes_fields(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.synthetic_pairs", f"out_dir={tmp_path}", "n_areas=1",
-                             "size=128", "seed=2"], capture_output=True, text=True, timeout=120)
+                             "size=128", "seed=2"], capture_output=True, text=True, timeout=LIMIT_S)
     assert result.returncode == 0, result.stderr
     frame = gpd.read_file(tmp_path / "prodes.gpkg")
     assert frame.crs.to_epsg() == 4674

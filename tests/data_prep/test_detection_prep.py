@@ -27,7 +27,7 @@ from data_prep.detection_formats import (
     read_xview,
 )
 from data_prep.synthetic_objects import CLASSES as SYNTHETIC_CLASSES, COLOURS, generate_object_scenes
-from helpers import REPO
+from helpers import LIMIT_S, REPO
 
 UTM = "EPSG:32610"
 TRANSFORM = Affine(0.5, 0, 500_000, 0, -0.5, 4_200_000)
@@ -464,7 +464,7 @@ def test_cli_bad_label_line_is_one_line_exit_2(dota_root, tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.detection", "format=dota", f"images={config.images}",
                              f"labels={config.labels}", "classes=[car,tank]", f"out_dir={config.out_dir}",
                              "chip.size=64", "progress=false"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=LIMIT_S,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == CONFIG_ERROR_EXIT_CODE, result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -501,7 +501,7 @@ def test_synthetic_object_scenes_flow_through_the_dota_reader(tmp_path):
 def test_synthetic_objects_cli_then_detection_prep(tmp_path):
     synthetic = tmp_path / "synthetic"
     done = subprocess.run([sys.executable, "-m", "data_prep.synthetic_objects", f"out_dir={synthetic}", "n_scenes=4",
-                           "size=512"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "size=512"], cwd=tmp_path, capture_output=True, text=True, timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     config = PrepConfig(out_dir=tmp_path / "out", format="dota", images=synthetic / "images",
                         classes=SYNTHETIC_CLASSES, chip=DetectionChipSettings(size=256), progress=False)
@@ -514,7 +514,7 @@ def test_synthetic_objects_cli_then_detection_prep(tmp_path):
 def test_chipping_benchmark_reports_throughput_against_reading_the_image(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_detection_chipping.py"), "--size", "1024",
                              "--boxes", "200", "--work-dir", str(tmp_path)],
-                            cwd=REPO, capture_output=True, text=True, timeout=600)
+                            cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["baseline_read_image_s"] > 0 and report["chip_s"] > 0 and report["chips"] > 0

@@ -14,6 +14,7 @@ from rasterio.features import rasterize
 
 from apps.foundation.errors import InputError
 from data_prep.synthetic import generate_full_tile, generate_scenes
+from helpers import LIMIT_S
 
 
 def read_scene(scene_dir):
@@ -122,12 +123,12 @@ def test_full_tile_has_rgb_bands_and_tci(tmp_path):
 @pytest.mark.slow
 def test_cli(tmp_path):
     result = subprocess.run([sys.executable, "-m", "data_prep.synthetic", f"out_dir={tmp_path / 'out'}", "n_scenes=2",
-                             "size=96", "seed=1"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                             "size=96", "seed=1"], cwd=tmp_path, capture_output=True, text=True, timeout=LIMIT_S,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (tmp_path / "out" / "scenes").iterdir()) == ["scene_00", "scene_01"]
     assert (tmp_path / "out" / "burn_polygons.gpkg").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]      # no Hydra outputs beside the data
     bad = subprocess.run([sys.executable, "-m", "data_prep.synthetic", f"out_dir={tmp_path / 'x'}",
-                          "polygon_format=kml"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          "polygon_format=kml"], cwd=tmp_path, capture_output=True, text=True, timeout=LIMIT_S)
     assert bad.returncode == 2 and bad.stderr.startswith("error: polygon_format")

@@ -9,3 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 """The repository's root."""
+
+LIMIT_S = 3600
+"""The one limit of every child process and wait in the tests: a guard against a hang, never a speed check.
+It stands far above what any step takes on the slowest machine kind (AVX2 only, fp32, two tests sharing
+two cores): the slowest step there, a detector's training, is some 5 minutes."""

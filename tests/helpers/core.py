@@ -11,9 +11,9 @@ from pathlib import Path
 
 from apps.foundation.cli import CONF_DIR
 from apps.core.config import compose_app_config
-from helpers import REPO
+from helpers import LIMIT_S, REPO
 
-__all__ = ["CONF_DIR", "FIXTURES", "REPO", "TINY_MODEL", "compose_config", "run_module", "sweep_points", "wait_until"]
+__all__ = ["CONF_DIR", "FIXTURES", "LIMIT_S", "REPO", "TINY_MODEL", "compose_config", "run_module", "sweep_points", "wait_until"]
 
 FIXTURES = REPO / "tests" / "fixtures"
 """Files the tests read as they are (a run written by older code)."""
@@ -27,14 +27,14 @@ def compose_config(config_name: str = "burned_area", overrides: list[str] = ()):
     return compose_app_config(config_name, overrides)
 
 
-def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, cwd: Path | None = None, timeout: float = LIMIT_S) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in a child process; returns the finished process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
-def wait_until(predicate, timeout_s: float, what: str = "condition"):
+def wait_until(predicate, timeout_s: float = LIMIT_S, what: str = "condition"):
     """Poll ``predicate`` every 50 ms until it returns something truthy (returned), or fail after ``timeout_s``."""
     import time
 

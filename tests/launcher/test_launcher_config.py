@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from apps.foundation.cli import register_resolvers
-from helpers.core import CONF_DIR, run_module
+from helpers.core import CONF_DIR, LIMIT_S, run_module
 
 KUBERNETES_LAUNCHER = "hydra_plugins.geoscale_kubernetes_launcher.launcher.KubernetesLauncher"
 
@@ -117,7 +117,7 @@ def test_unreachable_api_server_is_one_clear_error(tmp_path):
         url = f"http://127.0.0.1:{probe.getsockname()[1]}"
     done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", f"hydra.launcher.api_server={url}",
                       "hydra.launcher.api_retries=1", "hydra.launcher.api_backoff_s=0.01", "lr=1e-3,1e-4",
-                      f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+                      f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=LIMIT_S)
     assert done.returncode == 2, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and url in errors[0] and "Traceback" not in done.stderr
@@ -133,7 +133,7 @@ def test_optuna_sweeper_gets_each_pod_result(tmp_path):
         done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", "hydra/sweeper=optuna",
                           "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.direction=maximize",
                           "lr=interval(1e-5,1e-3)", f"hydra.launcher.api_server={server.url}",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=120)
+                          f"hydra.sweep.dir={tmp_path / 'sweep'}", timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     results = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
     assert results["best_value"] == 0.9
@@ -157,7 +157,7 @@ def test_sweep_on_a_volume_not_mounted_here_still_reads_like_a_local_one(tmp_pat
     with KubeStandIn(workdir=tmp_path, instant_pods=True, result=pod_result) as server:
         done = run_module("apps.burned_area", "-m", "hydra/launcher=kubernetes", "lr=1e-3,1e-4",
                           "hydra.launcher.output_root_in_pod=/outputs/sweeps", f"hydra.launcher.api_server={server.url}",
-                          f"hydra.sweep.dir={sweep}", timeout=120)
+                          f"hydra.sweep.dir={sweep}", timeout=LIMIT_S)
     assert done.returncode == 0, done.stderr
     # The pod's whole override list, its own included (runs named below its output root, the trainer fit to its GPU).
     assert yaml.safe_load((sweep / "1" / ".hydra" / "overrides.yaml").read_text()) == [

@@ -14,14 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from helpers.core import REPO, TINY_MODEL, wait_until
+from helpers.core import LIMIT_S, REPO, TINY_MODEL, wait_until
 
 from data_prep.synthetic_chips import make_chip_dataset
 from geoscale_standins.kubernetes import KubeStandIn
 
 NAMESPACE = "geoscale-test"
-SWEEP_TIMEOUT_S = 300
-"""Upper bound of every sweep process in these tests."""
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +45,7 @@ def sweep_command(api_server: str, sweep_dir: Path, *overrides: str, model: Sequ
 
 def run_sweep(api_server: str, sweep_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     return subprocess.run(sweep_command(api_server, sweep_dir, *overrides), cwd=REPO, capture_output=True, text=True,
-                          timeout=SWEEP_TIMEOUT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
 def pods_of_point(server: KubeStandIn, num: int) -> list[dict]:
@@ -65,9 +63,9 @@ def test_sweep_trains_both_points_through_api_faults_and_an_eviction(standin, ch
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first = wait_until(lambda: [p for p in pods_of_point(standin, 0) if p["status"]["phase"] == "Running"],
-                           60, "the first pod to run")[0]
+                           LIMIT_S, "the first pod to run")[0]
         standin.evict(first["metadata"]["name"], NAMESPACE)
-        stdout, stderr = process.communicate(timeout=SWEEP_TIMEOUT_S)
+        stdout, stderr = process.communicate(timeout=LIMIT_S)
     finally:
         process.kill()
     assert process.returncode == 0, stderr[-3000:]
@@ -115,7 +113,7 @@ def test_multi_node_point_trains_on_two_pods_that_meet_through_the_headless_serv
                                         "hydra.launcher.gpus=0", f"hydra.launcher.master_port={port}",
                                         "trainer.accelerator=cpu", "trainer.strategy=ddp", "lr=1e-3",
                                         model=full_depth),
-                          cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+                          cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((sweep / "0" / "metrics.json").read_text())
     assert record["status"] == "completed" and record["facts"]["device_count"] == 2
@@ -132,7 +130,7 @@ def test_data_prep_stage_fans_out_one_job_per_scene(standin, synthetic_scenes, t
     proc = subprocess.run([sys.executable, "-m", "data_prep.burned_area", "-m",
                            *launcher_overrides(standin.url, tmp_path / "sweep"), "stage=normalize",
                            "scene=scene_01,scene_03", f"scenes_dir={synthetic_scenes.scenes_dir}", f"out_dir={out}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
+                          cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.parent.name for p in out.glob("work/*/normalized.tif")) == ["scene_01", "scene_03"]
     assert standin.outcomes == {"Complete": 2}
@@ -156,11 +154,11 @@ def test_job_deleted_by_someone_else_comes_back_failed(tmp_path):
         process = subprocess.Popen(sweep_command(server.url, tmp_path / "sweep", "lr=1e-3,1e-2"), cwd=REPO,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            wait_until(lambda: server.outcomes["Complete"] == 1 and server.request_counts["watch"], 60,
+            wait_until(lambda: server.outcomes["Complete"] == 1 and server.request_counts["watch"], LIMIT_S,
                        "point 1 complete, point 0 pending, followed by watch")
             [held] = [name for name, job in server.jobs.items() if job["metadata"]["labels"]["geoscale.io/job"] == "0"]
             server.delete("jobs", NAMESPACE, held, "Background")  # kubectl delete job, from another terminal
-            _, stderr = process.communicate(timeout=60)
+            _, stderr = process.communicate(timeout=LIMIT_S)
         finally:
             process.kill()
     assert process.returncode != 0
@@ -173,7 +171,7 @@ def test_pod_stuck_on_a_bad_image_fails_its_point_after_the_grace_time(tmp_path)
         server.faults.stuck_waiting = lambda job: "ImagePullBackOff" if job["metadata"]["labels"]["geoscale.io/job"] == "0" else None
         proc = subprocess.run(sweep_command(server.url, tmp_path / "sweep", "hydra.launcher.watch_timeout_s=1",
                                             "hydra.launcher.stuck_pod_grace_s=1", "lr=1e-3,1e-2"),
-                              cwd=REPO, capture_output=True, text=True, timeout=120)
+                              cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         [reason] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert "ImagePullBackOff (injected: ImagePullBackOff)" in reason and reason.endswith("deleted")
@@ -201,10 +199,10 @@ def test_ctrl_c_mid_sweep_deletes_every_job(standin, tmp_path):
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2,1e-4"), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: len(standin.pods) == 3 and standin.request_counts["watch"], 60,
+        wait_until(lambda: len(standin.pods) == 3 and standin.request_counts["watch"], LIMIT_S,
                    "three pending pods, followed by watch")
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
+        _, stderr = process.communicate(timeout=LIMIT_S)
     finally:
         process.kill()
     assert process.returncode == 130 and stderr.strip().endswith("interrupted") and "Traceback" not in stderr
@@ -219,9 +217,9 @@ def test_ctrl_c_while_a_create_is_unanswered_still_deletes_that_job(standin, tmp
     process = subprocess.Popen(sweep_command(standin.url, tmp_path / "sweep", "lr=1e-3,1e-2"), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: len(standin.jobs) == 1, 60, "the first Job stored, its create not yet answered")
+        wait_until(lambda: len(standin.jobs) == 1, LIMIT_S, "the first Job stored, its create not yet answered")
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=LIMIT_S)
     finally:
         process.kill()
     assert process.returncode != 0

@@ -12,15 +12,15 @@ import pytest
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
 
 from geoscale_standins.kubernetes import KubeStandIn
+from helpers import LIMIT_S
 
 POD_APP_DIR = Path(__file__).resolve().parent / "launcher_suite_pod"
 """Where LauncherTestSuite's pods run ``python -m a_module``."""
-SWEEP_TIMEOUT_S = 60
 
 
 def launcher_flags(server: KubeStandIn) -> list[str]:
     return [f"hydra.launcher.api_server={server.url}", "hydra.launcher.verify_ssl=false",
-            "hydra.launcher.api_backoff_s=0.05", f"hydra.launcher.sweep_timeout_s={SWEEP_TIMEOUT_S}"]
+            "hydra.launcher.api_backoff_s=0.05", f"hydra.launcher.sweep_timeout_s={LIMIT_S}"]
 
 
 @pytest.fixture

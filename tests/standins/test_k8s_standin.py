@@ -9,10 +9,9 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from geoscale_standins.kubernetes import KubeStandIn
-from helpers.core import wait_until
+from helpers.core import LIMIT_S, wait_until
 
 NS = "default"
-JOB_TIMEOUT_S = 15
 
 
 @pytest.fixture
@@ -52,7 +51,7 @@ def final_condition(job: client.V1Job) -> client.V1JobCondition | None:
     return next((c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"), None)
 
 
-def wait_for_condition(batch, name: str, timeout_s: int = JOB_TIMEOUT_S) -> client.V1JobCondition:
+def wait_for_condition(batch, name: str, timeout_s: float = LIMIT_S) -> client.V1JobCondition:
     """Follow a Job by watch until it is Complete or Failed; its final condition."""
     listed = batch.list_namespaced_job(NS, label_selector=f"name-of-job={name}")
     if listed.items and (condition := final_condition(listed.items[0])):
@@ -204,7 +203,7 @@ EVICTABLE = "import os, time; first = not os.path.exists('started'); open('start
 def test_evicted_pod_is_retried_under_an_ignore_rule(apis, standin, tmp_path):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("ev", EVICTABLE, backoff_limit=0, pod_failure_policy=fail_job_on(2)))
-    wait_until(lambda: (tmp_path / "started").exists(), JOB_TIMEOUT_S, what="the first pod to start")
+    wait_until(lambda: (tmp_path / "started").exists(), LIMIT_S, what="the first pod to start")
     first = pods_of(core, "ev")
     standin.evict(first[0].metadata.name)
     condition = wait_for_condition(batch, "ev")
@@ -222,7 +221,7 @@ def test_active_deadline_fails_the_job_and_kills_its_pod(apis, standin):
     batch.create_namespaced_job(NS, make_job("slow", "import time; time.sleep(60)", active_deadline_seconds=1))
     condition = wait_for_condition(batch, "slow")
     assert (condition.type, condition.reason) == ("Failed", "DeadlineExceeded")
-    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="the pod process to end")
+    wait_until(lambda: standin.running_processes() == 0, LIMIT_S, what="the pod process to end")
     assert pods_of(core, "slow")[0].status.phase == "Failed"
 
 
@@ -230,7 +229,7 @@ def test_pending_job_never_starts_a_pod(apis, standin):
     batch, core = apis
     standin.faults.hold_pending = lambda job: job["metadata"]["name"] == "stuck"
     batch.create_namespaced_job(NS, make_job("stuck", "print('never')"))
-    [pod] = wait_until(lambda: pods_of(core, "stuck"), JOB_TIMEOUT_S, what="the pending pod")
+    [pod] = wait_until(lambda: pods_of(core, "stuck"), LIMIT_S, what="the pending pod")
     time.sleep(0.3)
     pod = core.read_namespaced_pod(pod.metadata.name, NS)
     assert pod.status.phase == "Pending" and pod.status.conditions[0].reason == "Unschedulable"
@@ -241,10 +240,10 @@ def test_pending_job_never_starts_a_pod(apis, standin):
 def test_delete_with_propagation_kills_the_process_and_removes_pods(apis, standin):
     batch, core = apis
     batch.create_namespaced_job(NS, make_job("long", "import time; print('up', flush=True); time.sleep(60)"))
-    wait_until(lambda: standin.running_processes() == 1, JOB_TIMEOUT_S, what="the pod process")
+    wait_until(lambda: standin.running_processes() == 1, LIMIT_S, what="the pod process")
     listed = batch.list_namespaced_job(NS)
     batch.delete_namespaced_job("long", NS, propagation_policy="Background")
-    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="the pod process to be killed")
+    wait_until(lambda: standin.running_processes() == 0, LIMIT_S, what="the pod process to be killed")
     assert pods_of(core, "long") == [] and batch.list_namespaced_job(NS).items == []
     events = list(watch.Watch().stream(batch.list_namespaced_job, NS, resource_version=listed.metadata.resource_version,
                                        timeout_seconds=1))
@@ -261,7 +260,7 @@ def test_delete_collection_by_label_selector(apis, standin):
     batch.delete_collection_namespaced_job(NS, label_selector="sweep=x", propagation_policy="Foreground")
     assert [j.metadata.name for j in batch.list_namespaced_job(NS).items] == ["d3"]
     batch.delete_namespaced_job("d3", NS, propagation_policy="Background")
-    wait_until(lambda: standin.running_processes() == 0, JOB_TIMEOUT_S, what="every pod process to be killed")
+    wait_until(lambda: standin.running_processes() == 0, LIMIT_S, what="every pod process to be killed")
 
 
 def test_indexed_job_runs_one_pod_per_index(apis):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers.core import wait_until
+from helpers.core import LIMIT_S, wait_until
 from geoscale_standins.kubernetes import KubeStandIn, Kubelet
 
 pytestmark = pytest.mark.skipif(not Kubelet.available(), reason="mount namespaces are not available here")
@@ -45,7 +45,7 @@ def test_a_pod_sees_its_image_and_volumes_where_its_spec_says_and_cannot_write_a
         server.create("jobs", "default", job("writes-outputs", pod_root, f"{pod_root}/outputs/result.txt"))
         server.create("jobs", "default", job("writes-data", pod_root, f"{pod_root}/app/data/result.txt"))
         for name in ("writes-outputs", "writes-data"):
-            wait_until(lambda: finished(server, name), 120, f"Job {name}")
+            wait_until(lambda: finished(server, name), LIMIT_S, f"Job {name}")
         assert finished(server, "writes-outputs") == "Complete"
         log = server.pod_log("default", next(p for p in server.pods if p.startswith("writes-outputs")))
         assert f"data image {pod_root}/app" in log
@@ -59,7 +59,7 @@ def test_a_pod_sees_its_image_and_volumes_where_its_spec_says_and_cannot_write_a
 def test_a_claim_without_a_directory_fails_the_pod(tmp_path):
     with KubeStandIn(workdir=tmp_path, kubelet=Kubelet(claims={})) as server:
         server.create("jobs", "default", job("no-claim", tmp_path / "pod", "x"))
-        wait_until(lambda: finished(server, "no-claim"), 60, "the Job")
+        wait_until(lambda: finished(server, "no-claim"), LIMIT_S, "the Job")
         assert finished(server, "no-claim") == "Failed"
         log = server.pod_log("default", next(iter(server.pods)))
         assert "persistentVolumeClaim 'data' has no directory" in log

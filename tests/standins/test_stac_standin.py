@@ -19,6 +19,7 @@ from urllib3 import Retry
 
 from geoscale_standins.stac import (COG_MEDIA_TYPE, GEOTIFF_MEDIA_TYPE, StacStandin, describe_asset, sentinel2_item,
                           synthetic_s2_catalog, write_cog, write_plain_tiff)
+from helpers import LIMIT_S
 
 COLLECTION = "sentinel-2-l2a"
 EPSG = 32610
@@ -260,7 +261,7 @@ def test_a_stopped_standin_is_unreachable(cog):
     with StacStandin() as stac:
         url = stac.url
     with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(url, timeout=5)
+        requests.get(url, timeout=LIMIT_S)
 
 
 def test_plain_tiff_is_not_cloud_optimized(tmp_path, cog):
