@@ -14,7 +14,8 @@ A run directory holds::
     reevaluation/                        apps.reproduce's work folder when it tests the saved checkpoint again
 
 A sweep directory holds one run directory per point, ``multirun.yaml`` (Hydra's record of the
-sweep) and ``summary.md`` / ``summary.csv`` (the sweep's table, written when the sweep ends).
+sweep), ``summary.md`` / ``summary.csv`` (the sweep's table, written when the sweep ends) and, for a
+Kubernetes dry run, ``manifests/`` (each point's rendered Job, ``<job name>.yaml``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ REEVALUATION_DIR = "reevaluation"
 SWEEP_RECORD = "multirun.yaml"
 SWEEP_SUMMARY_MARKDOWN = "summary.md"
 SWEEP_SUMMARY_CSV = "summary.csv"
+SWEEP_MANIFEST_DIR = "manifests"
 RESULT_MARKER = "geoscale-result:"
 """Prefix of the line that carries a run's result (``ResultLine``), read back by launchers from pod logs."""
 COMPLETED = "completed"

@@ -9,21 +9,20 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
-from hydra.core.config_loader import ConfigLoader
-from hydra.core.object_type import ObjectType
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, RunMode, TaskFunction
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from apps.foundation.errors import RemoteRunFailed
+from apps.foundation.rundir import SWEEP_MANIFEST_DIR
 
+from ._composition import SweepConfigMemo
 from ._geoscale import PointAdapter
 from .manifests import job_name, render_point, sweep_id
 
 log = logging.getLogger(__name__)
 
-MANIFEST_DIR = "manifests"
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 """libyaml's dumper where PyYAML has it: several times the pure-Python one's speed, for large sweeps."""
 LAUNCH_SUMMARY = "Kubernetes launcher:"
@@ -119,53 +118,6 @@ def task_part(config: DictConfig) -> DictConfig:
     return task
 
 
-class SweepConfigMemo(ConfigLoader):
-    """A config loader that keeps each sweep point's composed config until the launcher takes it.
-
-    Why it exists: Hydra's sweepers compose every point once to check the batch before launching it,
-    and the launcher needs the same configs: composing them twice doubled the time a large sweep spent
-    in Hydra (about 80 ms a point; scripts/bench_launcher_dry_run.py). Hydra has no hook for this, so
-    ``KubernetesLauncher.setup`` puts this loader into the sweep's HydraContext, which the sweeper
-    shares: the sweeper's compositions then pass through here. Every other call goes straight to the
-    wrapped loader (they are ConfigLoader's abstract methods, so each is spelled out).
-    """
-
-    def __init__(self, loader: ConfigLoader) -> None:
-        self.loader = loader
-        self.composed: dict[tuple[str, ...], DictConfig] = {}
-
-    def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self.loader.load_sweep_config(master_config, sweep_overrides)
-        self.composed[tuple(sweep_overrides)] = config
-        return config
-
-    def take_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        """The point's config composed earlier (forgotten here once taken), else composed now."""
-        config = self.composed.pop(tuple(sweep_overrides), None)
-        return config if config is not None else self.loader.load_sweep_config(master_config, sweep_overrides)
-
-    def load_configuration(self, config_name: str | None, overrides: list[str], run_mode: RunMode,
-                           from_shell: bool = True, validate_sweep_overrides: bool = True) -> DictConfig:
-        return self.loader.load_configuration(config_name, overrides, run_mode, from_shell, validate_sweep_overrides)
-
-    def get_search_path(self) -> Any:
-        return self.loader.get_search_path()
-
-    def get_sources(self) -> Any:
-        return self.loader.get_sources()
-
-    def list_groups(self, parent_name: str) -> list[str]:
-        return self.loader.list_groups(parent_name)
-
-    def get_group_options(self, group_name: str, results_filter: ObjectType | None = ObjectType.CONFIG,
-                           config_name: str | None = None,
-                          overrides: list[str] | None = None) -> list[str]:
-        return self.loader.get_group_options(group_name, results_filter, config_name, overrides)
-
-    def compute_defaults_list(self, config_name: str | None, overrides: list[str], run_mode: RunMode) -> Any:
-        return self.loader.compute_defaults_list(config_name, overrides, run_mode)
-
-
 class KubernetesLauncher(Launcher):
     """Runs every sweep point as a ``batch/v1`` Job and returns the app's result from its pod log."""
 
@@ -206,8 +158,8 @@ class KubernetesLauncher(Launcher):
                 returns[point.num] = self._job_return(point, JobStatus.COMPLETED, done.value)
 
         if self.settings["dry_run"]:
-            write_manifests(to_run, sweep_dir / MANIFEST_DIR)
-            log.info("Dry run: %d manifests written to %s", len(to_run), sweep_dir / MANIFEST_DIR)
+            write_manifests(to_run, sweep_dir / SWEEP_MANIFEST_DIR)
+            log.info("Dry run: %d manifests written to %s", len(to_run), sweep_dir / SWEEP_MANIFEST_DIR)
             returns.update({p.num: self._job_return(p, JobStatus.COMPLETED, None) for p in to_run})
         elif to_run:
             from ._cluster import SweepRun
