@@ -49,6 +49,7 @@ def test_a_saved_burned_area_config_choosing_its_model_by_arch_builds_todays_net
                                                                                         "_target_": "my.net"}
 
 
+@pytest.mark.slow  # loads mmdet and a detector, then predicts a scene in a child process: about 11 s
 def test_an_old_detection_checkpoint_loads_and_predicts(tmp_path):
     pytest.importorskip("mmdet", reason="the detection stack is not installed (scripts/setup.sh --detection)")
     import numpy as np
