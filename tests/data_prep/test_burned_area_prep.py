@@ -7,10 +7,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -20,6 +18,7 @@ import rasterio
 from rasterio.windows import Window
 
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from helpers.core import kill_module_once
 from helpers.rasters import TINY_CHIP, write_geotiff
 from data_prep.burned_area import BurnChipSettings, BurnedAreaPreparation, PrepConfig, prepare
 from data_prep.normalize import NormalizeSettings
@@ -311,15 +310,8 @@ def test_killed_prep_resumes_to_the_complete_dataset(tmp_path):
     data = generate_scenes(tmp_path / "input", n_scenes=6, size=700, seed=3)
     args = [f"scenes_dir={data.scenes_dir}", f"polygons={data.polygons}", *CLI_CHIP, "progress=false"]
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "data_prep.burned_area", *args, f"out_dir={out}"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_scene_done = out / "scenes" / "scene_00" / "chips.json"
-    deadline = time.monotonic() + 120
-    while not first_scene_done.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the prep finished before it could be killed"
+    kill_module_once("data_prep.burned_area", [*args, f"out_dir={out}"], out / "scenes" / "scene_00" / "chips.json",
+                     tmp_path)
     assert not (out / "dataset.json").exists()
     with pytest.raises(InputError, match="incomplete"):
         ChipDataset(out)

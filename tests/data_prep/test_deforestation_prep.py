@@ -20,6 +20,7 @@ from shapely.geometry import box
 
 from apps.foundation.chips import ChipDataset
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
+from helpers.core import kill_module_once
 from helpers.rasters import write_geotiff
 from data_prep.deforestation import BlockSplitSettings, PairChipSettings, PrepConfig, prepare
 from data_prep.prodes import ProdesSettings, date_window, label_mask, read_prodes
@@ -454,21 +455,11 @@ def test_prepare_in_small_strips_writes_the_same_images(tmp_path, dataset, pairs
 def test_killed_prep_resumes_to_the_same_dataset(tmp_path):
     """SIGKILL once the first area is prepared: no dataset loads, and a re-run finishes from there to
     the dataset an uninterrupted prep makes."""
-    import signal
-    import time
-
     areas, polygons = generate_pairs(tmp_path / "input", n_areas=4, size=512, seed=2)
     args = [f"areas_dir={areas}", f"polygons={polygons}", *CLI_ARGS, "split.block_size_px=128"]
     out = tmp_path / "out"
-    process = subprocess.Popen([sys.executable, "-m", "data_prep.deforestation", *args, f"out_dir={out}"],
-                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first_area_done = out / "work" / "area_00" / "prepared.json"
-    deadline = time.monotonic() + 120
-    while not first_area_done.exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the prep finished before it could be killed"
+    kill_module_once("data_prep.deforestation", [*args, f"out_dir={out}"], out / "work" / "area_00" / "prepared.json",
+                     tmp_path)
     with pytest.raises(InputError, match="incomplete"):
         ChipDataset(out)
 

@@ -13,7 +13,8 @@ from apps.foundation.cli import CONF_DIR
 from apps.core.config import compose_app_config
 from helpers import LIMIT_S, REPO
 
-__all__ = ["CONF_DIR", "FIXTURES", "LIMIT_S", "REPO", "TINY_MODEL", "compose_config", "run_module", "sweep_points", "wait_until"]
+__all__ = ["CONF_DIR", "FIXTURES", "LIMIT_S", "REPO", "TINY_MODEL", "compose_config", "run_module", "sweep_points", "wait_until",
+           "kill_module_once"]
 
 FIXTURES = REPO / "tests" / "fixtures"
 """Files the tests read as they are (a run written by older code)."""
@@ -52,3 +53,20 @@ def sweep_points(cfg) -> list[dict[str, str]]:
     keys = list(params)
     values = [str(params[k]).split(",") for k in keys]
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)]
+
+
+def kill_module_once(module: str, args: list[str], marker: Path, cwd: Path) -> subprocess.Popen:
+    """Start ``python -m module args`` and SIGKILL it the moment ``marker`` exists (polled every 2 ms); returns
+    the killed process. Fails when the process ended before it could be killed."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", module, *args], cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + LIMIT_S
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, f"{module} finished before it could be killed"
+    return process
