@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -182,14 +184,18 @@ def chip_scene(
                                  f"(chip arrays are uint8: stretch it first)")
         shapes = {name: (len(kept), src.count, size, size) for name, src in readers.items()}
         shapes[MASK_ARRAY] = (len(kept), size, size)
-        with scene_array_writer(out_root, scene, shapes) as (writers, tmp_dir):
+        with scene_array_writer(out_root, scene, shapes) as (writers, tmp_dir), \
+                ThreadPoolExecutor(max_workers=min(len(readers), os.cpu_count() or 1) or 1) as pool:
             for row_off in progress(np.unique(kept.row_off), f"chip {scene}", show_progress):
                 cols = kept.col_off[kept.row_off == row_off]
                 row_window = Window(int(cols[0]), int(row_off), int(cols[-1] - cols[0]) + size, size)
-                for name, src in readers.items():
-                    with reading(Path(src.name), f"{name} raster"):  # boundless: padding of a small raster
-                        strip = src.read(window=row_window, boundless=padded, fill_value=0)
+
+                def chip_row(name: str) -> None:  # one image a thread: GDAL decodes with the GIL released
+                    with reading(Path(readers[name].name), f"{name} raster"):  # boundless: a small raster's padding
+                        strip = readers[name].read(window=row_window, boundless=padded, fill_value=0)
                     writers[name].append(np.stack([strip[:, :, c - cols[0]:c - cols[0] + size] for c in cols]))
+
+                list(pool.map(chip_row, readers))
                 writers[MASK_ARRAY].append(np.stack([mask[row_off:row_off + size, c:c + size] for c in cols]))
             records = [chip_record(scene, i, kept, size, tuple(sources), crs, transform, classes)
                        for i in range(len(kept))]

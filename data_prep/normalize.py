@@ -16,6 +16,8 @@ when the file declares none; in a float band NaN and +-inf are nodata too. Perce
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -217,6 +219,41 @@ def band_stretch(path: Path, settings: NormalizeSettings, strip_rows: int = 1024
     return BandStretch(float(low), float(high), nodata, None)
 
 
+def _write_stretched(band_paths: Mapping[str, Path], stretches: Mapping[str, BandStretch], out_path: Path,
+                     gtiff: GeoTiffSettings, tags: Mapping[str, str] | None, show_progress: bool,
+                     pool: ThreadPoolExecutor) -> None:
+    """Write the stretched bands strip by strip; a strip is read and stretched (one band a thread) while the
+    one before it is written."""
+    names = list(band_paths)
+    sources = [rasterio.open(band_paths[name]) for name in names]
+    try:
+        profile = output_profile(sources[0], len(names), "uint8", NODATA, gtiff)
+        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            def stretched(window):
+                def band(i: int) -> np.ndarray:
+                    with reading(Path(sources[i].name), "band"):
+                        return stretches[names[i]].apply(sources[i].read(1, window=window))
+
+                stack = np.stack(list(pool.map(band, range(len(names)))))
+                stack *= np.logical_and.reduce(stack != NODATA, axis=0)
+                return stack
+
+            writing = None
+            for window in progress(list(strip_windows(dst.width, dst.height, gtiff.strip_rows)),
+                                   f"normalize {Path(out_path).name}", show_progress):
+                stack = stretched(window)
+                if writing is not None:
+                    writing.result()
+                writing = pool.submit(dst.write, stack, window=window)
+            if writing is not None:
+                writing.result()
+            dst.update_tags(**(tags or {}))
+            dst.descriptions = tuple(names)
+    finally:
+        for src in sources:
+            src.close()
+
+
 @in_gdal_env
 def normalize_bands(
     band_paths: Mapping[str, Path],
@@ -233,30 +270,13 @@ def normalize_bands(
     (low, high) percentile values in raw units. Raises InputError for a band without valid pixels.
     """
     names = list(band_paths)
-    stretches = {}
-    for name in names:
-        path = Path(band_paths[name])
-        stretches[name] = band_stretch(path, settings, gtiff.strip_rows, show_progress)
-        log.info("normalize %s: p%g..p%g = %g..%g", path.name, settings.low_percentile,
-                 settings.high_percentile, stretches[name].low, stretches[name].high)
-
-    sources = [rasterio.open(band_paths[name]) for name in names]
-    try:
-        reference = sources[0]
-        profile = output_profile(reference, len(names), "uint8", NODATA, gtiff)
-        with atomic_path(out_path) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-            windows = list(strip_windows(reference.width, reference.height, gtiff.strip_rows))
-            for window in progress(windows, f"normalize {Path(out_path).name}", show_progress):
-                stack = np.empty((len(names), window.height, window.width), dtype=np.uint8)
-                for band, (src, name) in enumerate(zip(sources, names)):
-                    with reading(Path(src.name), "band"):
-                        stack[band] = stretches[name].apply(src.read(1, window=window))
-                valid = np.logical_and.reduce(stack != NODATA, axis=0)
-                stack *= valid
-                dst.write(stack, window=window)
-            dst.update_tags(**(tags or {}))
-            dst.descriptions = tuple(names)
-    finally:
-        for src in sources:
-            src.close()
+    # Threads overlap GDAL's decoding and encoding, which release the GIL, with numpy's work on another strip.
+    with ThreadPoolExecutor(max_workers=min(len(names), os.cpu_count() or 1)) as pool:
+        found = pool.map(lambda name: band_stretch(Path(band_paths[name]), settings, gtiff.strip_rows, show_progress),
+                         names)
+        stretches = dict(zip(names, found))
+        for name in names:
+            log.info("normalize %s: p%g..p%g = %g..%g", Path(band_paths[name]).name, settings.low_percentile,
+                     settings.high_percentile, stretches[name].low, stretches[name].high)
+        _write_stretched(band_paths, stretches, out_path, gtiff, tags, show_progress, pool)
     return {name: (s.low, s.high) for name, s in stretches.items()}
