@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -53,7 +55,7 @@ from data_prep.geotiff import GeoTiffSettings, check_made_with, in_gdal_env, out
 from data_prep.normalize import NODATA, NormalizeSettings, stretch
 from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
 from data_prep.sentinel2 import (
-    COMBINATIONS, Grid, Product, Sentinel2Settings, channel_histograms, check_overlap, combination_strips, open_product,
+    COMBINATIONS, ChannelHistogram, Grid, Product, Sentinel2Settings, channel_histograms, check_overlap, combination_strips, open_product,
 )
 from data_prep.scenes import list_folders, resolve_folder
 from data_prep.split import BlockSplitSettings, split_by_blocks
@@ -246,26 +248,35 @@ def write_pair_images(products: Mapping[str, Product], combinations: Sequence[st
     """
     grid = products["before"].grid
     check_overlap(products["before"], products["after"])
-    histograms, valid = channel_histograms(combinations), {}
-    for d, product in products.items():
-        valid[d] = np.zeros((grid.height, grid.width), bool)
+
+    def count(product: Product) -> tuple[dict[str, list[ChannelHistogram]], np.ndarray]:
+        """One date's histograms and validity mask (H, W)."""
+        histograms, valid = channel_histograms(combinations), np.zeros((grid.height, grid.width), bool)
         for strip, combos, ok in combination_strips(product, grid, combinations, sentinel2, geotiff.strip_rows):
-            valid[d][strip.row_off:strip.row_off + strip.height] = ok
+            valid[strip.row_off:strip.row_off + strip.height] = ok
             for combo, values in combos.items():
                 for histogram, channel in zip(histograms[combo], values):
                     histogram.add(channel)
-        if not valid[d].any():
+        if not valid.any():
             raise InputError(f"product {product.folder}: no valid pixel on the grid of {products['before'].folder} "
                              f"after the cloud mask (SCL classes {list(sentinel2.cloud_classes)} and DN 0 are no data)")
-    percentiles = {
-        combo: [[float(v) for v in h.percentiles([stretch_settings.low_percentile, stretch_settings.high_percentile])]
-                for h in channels]
-        for combo, channels in histograms.items()
-    }
-    for d, product in products.items():
-        _write_stretched({combo: paths[f"{d}_{combo}"] for combo in combinations}, product, grid, percentiles,
-                         sentinel2, geotiff, tags or {})
-    return percentiles, valid
+        return histograms, valid
+
+    # One date a thread, in both passes: GDAL and numpy's large-array work release the GIL.
+    with ThreadPoolExecutor(max_workers=min(len(products), os.cpu_count() or 1)) as pool:
+        counted = dict(zip(products, pool.map(count, products.values())))
+        histograms = counted["before"][0]
+        for combo, channels in histograms.items():
+            for histogram, other in zip(channels, counted["after"][0][combo]):
+                histogram.counts += other.counts
+        percentiles = {
+            combo: [[float(v) for v in h.percentiles([stretch_settings.low_percentile, stretch_settings.high_percentile])]
+                    for h in channels]
+            for combo, channels in histograms.items()
+        }
+        list(pool.map(lambda d: _write_stretched({combo: paths[f"{d}_{combo}"] for combo in combinations}, products[d],
+                                                 grid, percentiles, sentinel2, geotiff, tags or {}), products))
+    return percentiles, {d: valid for d, (_, valid) in counted.items()}
 
 
 @in_gdal_env
