@@ -270,3 +270,33 @@ def test_throttled_api_calls_wait_as_long_as_retry_after_asks(monkeypatch):
     assert run._call(flaky_create) == "created"
     assert slept == [3.0, 0.2]  # Retry-After, then the doubled backoff
     run.api.close()
+
+
+def test_a_jobs_state_changes_only_as_the_table_allows(tmp_path):
+    import io
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.geoscale_kubernetes_launcher import _cluster
+    from hydra_plugins.geoscale_kubernetes_launcher._progress import ProgressView
+    from hydra_plugins.geoscale_kubernetes_launcher._states import FINAL, TRANSITIONS, JobState
+    from hydra_plugins.geoscale_kubernetes_launcher.config import KubernetesLauncherConf
+    from hydra_plugins.geoscale_kubernetes_launcher.launcher import SweepPoint
+
+    assert not FINAL & set(TRANSITIONS) and set(TRANSITIONS) | FINAL == set(JobState)   # final states go nowhere
+    assert all(TRANSITIONS[state] & FINAL for state in TRANSITIONS)                      # every other can end
+    settings = {**OmegaConf.to_container(OmegaConf.structured(KubernetesLauncherConf)), "api_server": "http://127.0.0.1:9"}
+    point = SweepPoint(0, [], OmegaConf.create(), tmp_path, "job-0", [], [])
+    run = _cluster.SweepRun(settings, "sweep", [point], ProgressView(io.StringIO()))
+    try:
+        with pytest.raises(RuntimeError, match="Job job-0: no transition from Queued to Running"):
+            run._advance(point, JobState.RUNNING)
+        run._advance(point, JobState.SUBMITTED)
+        run._advance(point, JobState.RUNNING)
+        assert run.active == {"job-0": point}
+        run._advance(point, JobState.COMPLETE, _cluster.Outcome(completed=True, log="done"))
+        assert run.active == {} and run.outcomes[0].log == "done"
+        with pytest.raises(RuntimeError, match="no transition from Complete to Running"):
+            run._advance(point, JobState.RUNNING)
+    finally:
+        run.api.close()
