@@ -47,7 +47,7 @@ class SweepConfigMemo(ConfigLoader):
         self._parser = OverridesParser.create()
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        config = self.composed[tuple(sweep_overrides)] = self._compose(master_config, sweep_overrides)
+        self.composed[tuple(sweep_overrides)] = config = self._compose(master_config, sweep_overrides)
         return config
 
     def take_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
@@ -67,8 +67,9 @@ class SweepConfigMemo(ConfigLoader):
         except Exception:
             return None
         choices = master_config.hydra.runtime.choices
-        shaping = tuple(o.input_line for o in parsed if self._shapes_defaults(o, choices))
-        values = [o for o in parsed if not self._shapes_defaults(o, choices)]
+        shapes = [self._shapes_defaults(o, choices) for o in parsed]
+        shaping = tuple(o.input_line for o, shaped in zip(parsed, shapes) if shaped)
+        values = [o for o, shaped in zip(parsed, shapes) if not shaped]
         try:
             base = self._bases.get(shaping)
             if base is None:
