@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
@@ -51,11 +52,14 @@ from apps.foundation.chips import (
 from apps.foundation.errors import InputError
 from apps.foundation.files import atomic_path, atomic_write_text
 from data_prep.chipping import MASK_ARRAY, ChipSettings, ChipWindows, SceneChips, chip_scene, read_scene_chips
-from data_prep.geotiff import GeoTiffSettings, check_made_with, in_gdal_env, output_profile, stage_stamp, stamp_tags
+from data_prep.geotiff import (
+    GeoTiffSettings, check_made_with, in_gdal_env, output_profile, stage_stamp, stamp_tags, strip_windows,
+)
 from data_prep.normalize import NODATA, NormalizeSettings, stretch
 from data_prep.prodes import CHANGE, CLASSES, ProdesSettings, date_window, label_mask, read_prodes, window_dates
 from data_prep.sentinel2 import (
-    COMBINATIONS, ChannelHistogram, Grid, Product, Sentinel2Settings, channel_histograms, check_overlap, combination_strips, open_product,
+    COMBINATIONS, Grid, Product, Sentinel2Settings, channel_levels, check_overlap, combination_channels, level_strips,
+    open_product,
 )
 from data_prep.scenes import list_folders, resolve_folder
 from data_prep.split import BlockSplitSettings, split_by_blocks
@@ -214,20 +218,26 @@ def _check_dates(area: str, products: Mapping[str, Product], window) -> None:
                              f"{window[0]}..{window[1]} of the PRODES polygons of area {area}")
 
 
-def _write_stretched(paths: Mapping[str, Path], product: Product, grid: Grid, limits: Mapping[str, list],
-                     sentinel2: Sentinel2Settings, geotiff: GeoTiffSettings, tags: Mapping[str, str]) -> None:
-    """Write ``product``'s combinations (combination -> its file in ``paths``) stretched between their channels'
-    (low, high) ``limits`` to uint8, strip by strip; the files appear complete or not at all."""
+def _write_stretched(paths: Mapping[str, Path], levels_file: Path, grid: Grid, channels: Sequence[str],
+                     luts: Sequence[np.ndarray], geotiff: GeoTiffSettings, tags: Mapping[str, str]) -> None:
+    """Write one date's combinations (combination -> its file in ``paths``, in channel order) from its stored
+    ``levels_file`` ((C, H, W) uint16 in strips of ``geotiff.strip_rows`` rows), channel c through ``luts[c]``
+    (level -> uint8), strip by strip; the files appear complete or not at all."""
     with ExitStack() as stack:
         outputs = {
             combo: stack.enter_context(rasterio.open(stack.enter_context(atomic_path(path)), "w", **output_profile(
                 grid, len(COMBINATIONS[combo]), "uint8", NODATA, geotiff)))
             for combo, path in paths.items()
         }
-        for window, combos, _ in combination_strips(product, grid, list(paths), sentinel2, geotiff.strip_rows):
-            for combo, values in combos.items():
-                image = np.stack([stretch(v, *lim) for v, lim in zip(values, limits[combo])])
-                outputs[combo].write(image, window=window)
+        with open(levels_file, "rb") as levels_in:
+            for window in strip_windows(grid.width, grid.height, geotiff.strip_rows):
+                levels = np.fromfile(levels_in, np.uint16, len(channels) * window.height * window.width)
+                levels = levels.reshape(len(channels), window.height, window.width)
+                first = 0
+                for combo, dst in outputs.items():
+                    n = len(COMBINATIONS[combo])
+                    dst.write(np.stack([luts[c][levels[c]] for c in range(first, first + n)]), window=window)
+                    first += n
         for dst in outputs.values():
             dst.update_tags(**tags)
 
@@ -240,42 +250,52 @@ def write_pair_images(products: Mapping[str, Product], combinations: Sequence[st
     """Write both dates' band ``combinations`` on the before date's grid, stretched to uint8 (nodata 0) between
     each channel's percentiles over the valid pixels of both dates, to ``paths[f"{date}_{combination}"]``.
 
-    Two passes over both dates, strip by strip, so memory stays at a few strips plus the (H, W) validity
-    masks: the first counts each channel of both dates in a histogram (``sentinel2.ChannelHistogram``;
-    percentiles within half a bin of exact: 2**-17 in reflectance, 2**-16 in NDVI/EVI), the second recomputes the
-    combinations and writes them stretched. Returns (combination -> per channel [low, high], date -> valid
-    (H, W) bool). InputError when the dates do not overlap or a date has no valid pixel after the cloud mask.
+    Each date is read once, strip by strip (``sentinel2.level_strips``): its channels' levels are counted
+    and stored in a temporary file beside the outputs, so memory stays at a few strips plus the (H, W)
+    validity masks. The percentiles come from the counts of both dates (exact for reflectance; within
+    half a bin, 3.1e-5, for NDVI/EVI), and each level becomes uint8 through a table (``stretch`` of the
+    value the level stands for). Returns (combination -> per channel [low, high], date -> valid (H, W)
+    bool). InputError when the dates do not overlap or a date has no valid pixel after the cloud mask.
     """
     grid = products["before"].grid
     check_overlap(products["before"], products["after"])
+    channels = combination_channels(combinations)
+    levels = [channel_levels(channel) for channel in channels]
+    folder = Path(next(iter(paths.values()))).parent
+    folder.mkdir(parents=True, exist_ok=True)
 
-    def count(product: Product) -> tuple[dict[str, list[ChannelHistogram]], np.ndarray]:
-        """One date's histograms and validity mask (H, W)."""
-        histograms, valid = channel_histograms(combinations), np.zeros((grid.height, grid.width), bool)
-        for strip, combos, ok in combination_strips(product, grid, combinations, sentinel2, geotiff.strip_rows):
-            valid[strip.row_off:strip.row_off + strip.height] = ok
-            for combo, values in combos.items():
-                for histogram, channel in zip(histograms[combo], values):
-                    histogram.add(channel)
+    def count(date: str, levels_file: Path) -> tuple[list[np.ndarray], np.ndarray]:
+        """One date's pixels per level of each channel, and its validity mask (H, W); its levels to ``levels_file``."""
+        counts, valid = [np.zeros(lv.count + 1, np.int64) for lv in levels], np.zeros((grid.height, grid.width), bool)
+        with open(levels_file, "wb") as levels_out:
+            for strip, strip_levels, ok in level_strips(products[date], grid, combinations, sentinel2,
+                                                        geotiff.strip_rows):
+                valid[strip.row_off:strip.row_off + strip.height] = ok
+                for total, channel_levels_ in zip(counts, strip_levels):
+                    total += np.bincount(channel_levels_.ravel(), minlength=total.size)
+                strip_levels.tofile(levels_out)
         if not valid.any():
-            raise InputError(f"product {product.folder}: no valid pixel on the grid of {products['before'].folder} "
-                             f"after the cloud mask (SCL classes {list(sentinel2.cloud_classes)} and DN 0 are no data)")
-        return histograms, valid
+            raise InputError(f"product {products[date].folder}: no valid pixel on the grid of "
+                             f"{products['before'].folder} after the cloud mask (SCL classes "
+                             f"{list(sentinel2.cloud_classes)} and DN 0 are no data)")
+        return counts, valid
 
     # One date a thread, in both passes: GDAL and numpy's large-array work release the GIL.
-    with ThreadPoolExecutor(max_workers=min(len(products), os.cpu_count() or 1)) as pool:
-        counted = dict(zip(products, pool.map(count, products.values())))
-        histograms = counted["before"][0]
-        for combo, channels in histograms.items():
-            for histogram, other in zip(channels, counted["after"][0][combo]):
-                histogram.counts += other.counts
-        percentiles = {
-            combo: [[float(v) for v in h.percentiles([stretch_settings.low_percentile, stretch_settings.high_percentile])]
-                    for h in channels]
-            for combo, channels in histograms.items()
-        }
-        list(pool.map(lambda d: _write_stretched({combo: paths[f"{d}_{combo}"] for combo in combinations}, products[d],
-                                                 grid, percentiles, sentinel2, geotiff, tags or {}), products))
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".levels-") as tmp, \
+            ThreadPoolExecutor(max_workers=min(len(products), os.cpu_count() or 1)) as pool:
+        files = {d: Path(tmp) / f"{d}.u16" for d in products}
+        counted = dict(zip(products, pool.map(count, products, files.values())))
+        limits = [lv.percentiles(sum(counted[d][0][c] for d in products),
+                                 [stretch_settings.low_percentile, stretch_settings.high_percentile])
+                  for c, lv in enumerate(levels)]
+        luts = [np.append(stretch(lv.values(), *limit), np.uint8(NODATA)) for lv, limit in zip(levels, limits)]
+        list(pool.map(lambda d: _write_stretched({combo: paths[f"{d}_{combo}"] for combo in combinations}, files[d],
+                                                 grid, channels, luts, geotiff, tags or {}), products))
+    percentiles, first = {}, 0
+    for combo in combinations:
+        n = len(COMBINATIONS[combo])
+        percentiles[combo] = [[float(v) for v in limit] for limit in limits[first:first + n]]
+        first += n
     return percentiles, {d: valid for d, (_, valid) in counted.items()}
 
 

@@ -48,11 +48,10 @@ MTD_BAND_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "
 CLOUD_MASKS = ("scl", "none")
 COMBINATIONS: dict[str, tuple[str, ...]] = {"nirrg": ("B08", "B04", "B03"), "ndvi": ("NDVI",), "evi": ("EVI",)}
 """Band combination -> its channel names, in channel order."""
-CHANNEL_RANGES = {"B08": (0.0, 1.0), "B04": (0.0, 1.0), "B03": (0.0, 1.0), "NDVI": (-1.0, 1.0), "EVI": (-1.0, 1.0)}
-"""Channel -> (low, high) of its histogram: reflectance lies in [0, 1] and NDVI in [-1, 1]; EVI values outside
-[-1, 1] (a denominator near 0) are counted in the end bins."""
-HISTOGRAM_BINS = 2**16
-"""Histogram bins per channel: percentiles within half a bin (7.6e-6 reflectance, 1.5e-5 NDVI/EVI) of exact."""
+RATIO_CHANNELS = ("NDVI", "EVI")
+"""Channels that are ratios of reflectance bands, in [-1, 1] (EVI beyond it where its denominator nears 0)."""
+HISTOGRAM_BINS = 2**15
+"""Levels (equal bins over [-1, 1]) of a ratio channel: its percentiles within half a bin (3.1e-5) of exact."""
 
 
 @dataclass(frozen=True)
@@ -327,16 +326,11 @@ def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
 
 
-def combination_strips(
-    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
-) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
-    """Read ``product`` onto ``grid`` and compute ``combinations``, one strip of ``strip_rows`` rows at a time.
 
-    Yields (full-width window of the strip, combination -> (C, rows, W) float32 with NaN where invalid,
-    valid (rows, W) bool). A pixel is valid where every reflectance band has data (DN != 0),
-    (cloud_mask=scl) its SCL class is not in ``cloud_classes``, and every requested combination is
-    defined (NDVI of a pixel dark in both B04 and B08 is 0/0); invalid pixels are NaN in every channel.
-    """
+def _dn_strips(product: Product, grid: Grid, settings: Sentinel2Settings, strip_rows: int,
+               ) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
+    """Read ``product``'s reflectance bands onto ``grid`` strip by strip: (full-width window, band -> (rows, W)
+    DN, invalid (rows, W) bool: DN 0 in any band or, with cloud_mask=scl, an SCL class in ``cloud_classes``)."""
     cloudy = np.isin(np.arange(256), settings.cloud_classes)
     readers = {band: OnGrid(path, grid, Resampling.nearest if band == SCL_BAND else Resampling.bilinear)
                for band, path in product.bands.items()}
@@ -349,50 +343,117 @@ def combination_strips(
             if SCL_BAND in readers:
                 scl = readers[SCL_BAND].read(window)
                 invalid |= cloudy[scl] if scl.dtype == np.uint8 else np.isin(scl, settings.cloud_classes)
-            bands = {band: reflectance(dn.pop(band), product.offsets[band], invalid) for band in REFLECTANCE_BANDS}
-            combos = {name: band_combination(name, bands) for name in combinations}
-            undefined = np.logical_or.reduce([np.isnan(values).any(axis=0) for values in combos.values()]) & ~invalid
-            if undefined.any():
-                invalid |= undefined
-                for values in combos.values():
-                    values[:, undefined] = np.nan
-            yield window, combos, ~invalid
+            yield window, dn, invalid
     finally:
         for reader in readers.values():
             reader.close()
 
 
-class ChannelHistogram:
-    """Counts of one channel's finite values in ``bins`` equal bins over [``low``, ``high``]; values outside
-    the range count in the end bins, NaN is not counted.
+def _ratios(product: Product, dn: Mapping[str, np.ndarray], invalid: np.ndarray, combinations: Sequence[str],
+            ) -> dict[str, np.ndarray]:
+    """The ratio ``combinations`` (ndvi, evi) of one strip: combination -> (1, rows, W) float32. Pixels where a
+    ratio is undefined are added to ``invalid`` (in place) and are NaN in every ratio."""
+    names = [name for name in combinations if COMBINATIONS[name][0] in RATIO_CHANNELS]
+    if not names:
+        return {}
+    bands = {band: reflectance(dn[band], product.offsets[band], invalid) for band in ("B02", "B04", "B08")}
+    ratios = {name: band_combination(name, bands) for name in names}
+    undefined = np.logical_or.reduce([np.isnan(values[0]) for values in ratios.values()]) & ~invalid
+    if undefined.any():
+        invalid |= undefined
+        for values in ratios.values():
+            values[:, undefined] = np.nan
+    return ratios
 
-    Percentiles come out as bin centres interpolated like ``np.percentile``: within half a bin width
-    (``precision``) of the exact ones, unless they fall among values counted in an end bin from outside.
+
+def combination_strips(
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
+    """Read ``product`` onto ``grid`` and compute ``combinations``, one strip of ``strip_rows`` rows at a time.
+
+    Yields (full-width window of the strip, combination -> (C, rows, W) float32 with NaN where invalid,
+    valid (rows, W) bool). A pixel is valid where every reflectance band has data (DN != 0),
+    (cloud_mask=scl) its SCL class is not in ``cloud_classes``, and every requested combination is
+    defined (NDVI of a pixel dark in both B04 and B08 is 0/0); invalid pixels are NaN in every channel.
+    """
+    for window, dn, invalid in _dn_strips(product, grid, settings, strip_rows):
+        combos = _ratios(product, dn, invalid, combinations)
+        bands = {band: reflectance(dn[band], product.offsets[band], invalid) for band in REFLECTANCE_BANDS}
+        yield window, {name: combos[name] if name in combos else band_combination(name, bands)
+                       for name in combinations}, ~invalid
+
+
+@dataclass(frozen=True)
+class ChannelLevels:
+    """One channel's values as uint16 levels: level L (0..count-1) stands for ``low + (L + centre) / per_unit``
+    (float32); level ``count`` marks an invalid pixel.
+
+    Reflectance (REFLECTANCE_LEVELS): L = DN + BOA_ADD_OFFSET clipped to 0..10000, i.e. reflectance x 10000,
+    exact. NDVI and EVI (RATIO_LEVELS): HISTOGRAM_BINS equal bins over [-1, 1], each standing for its centre;
+    values outside count in the end bins.
     """
 
-    def __init__(self, low: float, high: float, bins: int = HISTOGRAM_BINS):
-        self.low, self.bins = float(low), int(bins)
-        self.width = (float(high) - self.low) / self.bins
-        self.counts = np.zeros(self.bins, np.int64)
+    low: float
+    per_unit: float
+    count: int
+    centre: float
 
     @property
     def precision(self) -> float:
-        return self.width / 2
+        """Largest distance between a value in range and the value its level stands for."""
+        return self.centre / self.per_unit
 
-    def add(self, values: np.ndarray) -> None:
-        """Count ``values`` (any shape, float32)."""
-        index = values * np.float32(1 / self.width)
-        index -= np.float32(self.low / self.width)
-        # Clamp into [0, bins - 0.5] (NaN stays NaN), then NaN -> bins: counted in a spare bin, dropped.
-        np.clip(index, 0, self.bins - 0.5, out=index)
-        np.fmin(index, self.bins, out=index)
-        self.counts += np.bincount(index.astype(np.intp).ravel(), minlength=self.bins + 1)[:self.bins]
+    def values(self) -> np.ndarray:
+        """(count,) float32: the value each level stands for."""
+        levels = np.arange(self.count, dtype=np.float32) + np.float32(self.centre)
+        return np.float32(self.low) + levels / np.float32(self.per_unit)
 
-    def percentiles(self, percentiles: Sequence[float]) -> np.ndarray:
-        """Values at ``percentiles`` (0..100) of the counted values: float64; ValueError when none is counted."""
-        return self.low + (histogram_percentiles(self.counts, percentiles) + 0.5) * self.width
+    def quantize(self, values: np.ndarray) -> np.ndarray:
+        """Levels (uint16, same shape) of float32 ``values``, NaN -> ``count``."""
+        index = values * np.float32(self.per_unit)
+        index -= np.float32(self.low * self.per_unit)
+        # Clamp into [0, count - 0.5] (NaN stays NaN), then NaN -> count.
+        np.clip(index, 0, self.count - 0.5, out=index)
+        np.fmin(index, self.count, out=index)
+        return index.astype(np.uint16)
+
+    def percentiles(self, counts: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+        """Values at ``percentiles`` (0..100) of the pixels counted per level in ``counts`` ((count + 1,), the
+        invalid count last, unused), interpolated like ``np.percentile``: float64; ValueError when none is counted."""
+        return self.low + (histogram_percentiles(counts[:self.count], percentiles) + self.centre) / self.per_unit
 
 
-def channel_histograms(combinations: Sequence[str], bins: int = HISTOGRAM_BINS) -> dict[str, list[ChannelHistogram]]:
-    """Combination -> an empty histogram per channel over CHANNEL_RANGES."""
-    return {name: [ChannelHistogram(*CHANNEL_RANGES[c], bins) for c in COMBINATIONS[name]] for name in combinations}
+REFLECTANCE_LEVELS = ChannelLevels(0.0, QUANTIFICATION, int(QUANTIFICATION) + 1, 0.0)
+RATIO_LEVELS = ChannelLevels(-1.0, HISTOGRAM_BINS / 2, HISTOGRAM_BINS, 0.5)
+
+
+def channel_levels(channel: str) -> ChannelLevels:
+    """The levels of a channel of COMBINATIONS."""
+    return RATIO_LEVELS if channel in RATIO_CHANNELS else REFLECTANCE_LEVELS
+
+
+def combination_channels(combinations: Sequence[str]) -> list[str]:
+    """The channels of ``combinations``, in combination and channel order."""
+    return [channel for name in combinations for channel in COMBINATIONS[name]]
+
+
+def level_strips(
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
+    """``combination_strips`` as levels (``ChannelLevels``): yields (window, (C, rows, W) uint16 levels of
+    ``combination_channels(combinations)``, valid (rows, W) bool), the same pixels valid. Reflectance levels
+    come from the DNs by integer arithmetic; only the ratios are computed in float32."""
+    channels = combination_channels(combinations)
+    for window, dn, invalid in _dn_strips(product, grid, settings, strip_rows):
+        ratios = _ratios(product, dn, invalid, combinations)
+        levels = np.empty((len(channels), window.height, window.width), np.uint16)
+        for level, channel in zip(levels, channels):
+            if channel in RATIO_CHANNELS:
+                level[...] = RATIO_LEVELS.quantize(ratios[channel.lower()][0])
+                continue
+            shifted = dn[channel].astype(np.int32)
+            shifted += product.offsets[channel]
+            np.clip(shifted, 0, REFLECTANCE_LEVELS.count - 1, out=shifted)
+            level[...] = shifted
+            level[invalid] = REFLECTANCE_LEVELS.count
+        yield window, levels, ~invalid

@@ -26,8 +26,8 @@ from data_prep.deforestation import BlockSplitSettings, PairChipSettings, PrepCo
 from data_prep.prodes import ProdesSettings, date_window, label_mask, read_prodes
 from data_prep.geotiff import GeoTiffSettings
 from data_prep.sentinel2 import (
-    CHANNEL_RANGES, COMBINATIONS, HISTOGRAM_BINS, ChannelHistogram, Grid, Sentinel2Settings, band_combination,
-    combination_strips, open_product,
+    COMBINATIONS, RATIO_LEVELS, Grid, Sentinel2Settings, band_combination, channel_levels, combination_channels,
+    combination_strips, level_strips, open_product,
 )
 from data_prep.normalize import stretch
 from data_prep.spatial_split import RasterWindows, assign_blocks, split_windows
@@ -412,18 +412,45 @@ def test_synthetic_pairs_cli_and_prodes_fields(tmp_path):
 
 # --- memory-bounded prepare: histogram percentiles, strip-wise writing ------------------------------------
 
-def test_channel_histogram_percentiles_are_within_half_a_bin_of_numpys():
+def test_ratio_levels_percentiles_are_within_half_a_bin_of_numpys():
     rng = np.random.default_rng(0)
     values = rng.normal(0, 0.3, 100_000).astype(np.float32)
     values[rng.random(values.size) < 0.1] = np.nan
     values[:50] = 7.0  # outside the range: counted in the last bin
-    histogram = ChannelHistogram(-1.0, 1.0, bins=2**12)
-    for part in np.array_split(values, 7):
-        histogram.add(part)
-    assert histogram.counts.sum() == np.isfinite(values).sum()
-    np.testing.assert_allclose(histogram.percentiles([1, 50, 99]), np.nanpercentile(values, [1, 50, 99]),
-                               rtol=0, atol=histogram.precision)
-    assert histogram.percentiles([100])[0] == pytest.approx(1 - histogram.precision)
+    levels = RATIO_LEVELS.quantize(values)
+    assert levels.dtype == np.uint16 and (levels[np.isnan(values)] == RATIO_LEVELS.count).all()
+    counts = np.bincount(levels, minlength=RATIO_LEVELS.count + 1)
+    assert counts[:-1].sum() == np.isfinite(values).sum()
+    np.testing.assert_allclose(RATIO_LEVELS.percentiles(counts, [1, 50, 99]), np.nanpercentile(values, [1, 50, 99]),
+                               rtol=0, atol=RATIO_LEVELS.precision)
+    assert RATIO_LEVELS.percentiles(counts, [100])[0] == pytest.approx(1 - RATIO_LEVELS.precision)
+    finite = np.isfinite(values) & (np.abs(values) < 1)
+    assert np.abs(RATIO_LEVELS.values()[levels[finite]] - values[finite]).max() <= RATIO_LEVELS.precision + 1e-6  # float32
+
+
+def test_level_strips_stand_for_the_combinations(tmp_path):
+    """Reflectance levels are exactly reflectance x 10000, ratio levels within half a bin of NDVI/EVI, in
+    strips of any height, with the same valid pixels (level ``count`` elsewhere)."""
+    values = random_reflectance((4, 20, 24))
+    values[:, 5, 5] = np.nan
+    product = open_product(write_product(tmp_path / "p", values, baseline="05.00", offset=-1000), Sentinel2Settings())
+    combinations = list(COMBINATIONS)
+    combos, valid = read_combinations(product, product.grid, combinations, Sentinel2Settings())
+    strips = list(level_strips(product, product.grid, combinations, Sentinel2Settings(), strip_rows=7))
+    levels = np.concatenate([lv for _, lv, _ in strips], axis=1)
+    np.testing.assert_array_equal(np.concatenate([ok for _, _, ok in strips]), valid)
+    assert not valid[5, 5]
+    reference = np.concatenate([combos[name] for name in combinations])
+    for level, expected, channel in zip(levels, reference, combination_channels(combinations)):
+        lv = channel_levels(channel)
+        assert (level[~valid] == lv.count).all()
+        stood_for = lv.values()[level[valid]]
+        if lv.precision == 0:
+            np.testing.assert_array_equal(stood_for, expected[valid])
+        else:  # EVI beyond [-1, 1] counts in the end bins
+            inside = np.abs(expected[valid]) < 1
+            assert np.abs(stood_for - expected[valid])[inside].max() <= lv.precision + 1e-6
+            assert set(level[valid][~inside]) <= {0, lv.count - 1}
 
 
 def test_prepared_percentiles_match_numpys_on_both_dates_within_a_bin(dataset, pairs):
@@ -434,13 +461,17 @@ def test_prepared_percentiles_match_numpys_on_both_dates_within_a_bin(dataset, p
     for combo, channels in COMBINATIONS.items():
         for c, channel in enumerate(channels):
             values = np.concatenate([read[d][combo][c][np.isfinite(read[d][combo][c])] for d in read])
-            low, high = CHANNEL_RANGES[channel]
             np.testing.assert_allclose(stored[combo][c], np.percentile(values, [1, 99]), rtol=0,
-                                       atol=(high - low) / HISTOGRAM_BINS)
+                                       atol=channel_levels(channel).precision + 1e-6)
     with rasterio.open(dataset / "work" / "area_00" / "after_nirrg.tif") as src:
         written = src.read()
     expected = np.stack([stretch(read["after"]["nirrg"][c], *stored["nirrg"][c]) for c in range(3)])
     np.testing.assert_array_equal(written, expected)
+    # NDVI is stretched from its levels (bins of 6.1e-5): at most one step off the exact value's, and rarely.
+    with rasterio.open(dataset / "work" / "area_00" / "after_ndvi.tif") as src:
+        written = src.read(1).astype(int)
+    exact = stretch(read["after"]["ndvi"][0], *stored["ndvi"][0]).astype(int)
+    assert np.abs(written - exact).max() <= 1 and (written == exact).mean() > 0.99
 
 
 def test_prepare_in_small_strips_writes_the_same_images(tmp_path, dataset, pairs):
