@@ -236,7 +236,10 @@ def _write_stretched(paths: Mapping[str, Path], levels_file: Path, grid: Grid, c
                 first = 0
                 for combo, dst in outputs.items():
                     n = len(COMBINATIONS[combo])
-                    dst.write(np.stack([luts[c][levels[c]] for c in range(first, first + n)]), window=window)
+                    image = np.empty((n, window.height, window.width), np.uint8)
+                    for i, c in enumerate(range(first, first + n)):
+                        np.take(luts[c], levels[c], out=image[i])
+                    dst.write(image, window=window)
                     first += n
         for dst in outputs.values():
             dst.update_tags(**tags)

@@ -321,8 +321,14 @@ def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.stack([nir, red, bands["B03"]])
     if name == "ndvi":
         return _ratio(nir - red, nir + red)[None]
-    if name == "evi":
-        return _ratio(2.5 * (nir - red), nir + 6 * red - 7.5 * bands["B02"] + 1)[None]
+    if name == "evi":  # in place, in the order of the formula: the same float32 values, fewer temporaries
+        numerator = nir - red
+        numerator *= 2.5
+        denominator = red * 6
+        denominator += nir
+        denominator -= bands["B02"] * 7.5
+        denominator += 1
+        return _ratio(numerator, denominator)[None]
     raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
 
 
@@ -356,7 +362,8 @@ def _ratios(product: Product, dn: Mapping[str, np.ndarray], invalid: np.ndarray,
     names = [name for name in combinations if COMBINATIONS[name][0] in RATIO_CHANNELS]
     if not names:
         return {}
-    bands = {band: reflectance(dn[band], product.offsets[band], invalid) for band in ("B02", "B04", "B08")}
+    needed = ("B02", "B04", "B08") if "evi" in names else ("B04", "B08")
+    bands = {band: reflectance(dn[band], product.offsets[band], invalid) for band in needed}
     ratios = {name: band_combination(name, bands) for name in names}
     undefined = np.logical_or.reduce([np.isnan(values[0]) for values in ratios.values()]) & ~invalid
     if undefined.any():

@@ -79,6 +79,8 @@ def main() -> None:
         print(json.dumps(run_stages(*map(Path, args.child))))
         return
 
+    if args.work_dir:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
         start = time.perf_counter()
         compress = None if args.input_compress == "none" else args.input_compress
