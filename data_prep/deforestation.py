@@ -274,8 +274,8 @@ def write_pair_images(products: Mapping[str, Product], combinations: Sequence[st
             for strip, strip_levels, ok in level_strips(products[date], grid, combinations, sentinel2,
                                                         geotiff.strip_rows):
                 valid[strip.row_off:strip.row_off + strip.height] = ok
-                for total, channel_levels_ in zip(counts, strip_levels):
-                    total += np.bincount(channel_levels_.ravel(), minlength=total.size)
+                for total, channel in zip(counts, strip_levels):
+                    total += np.bincount(channel.ravel(), minlength=total.size)
                 strip_levels.tofile(levels_out)
         if not valid.any():
             raise InputError(f"product {products[date].folder}: no valid pixel on the grid of "

@@ -332,7 +332,6 @@ def band_combination(name: str, bands: Mapping[str, np.ndarray]) -> np.ndarray:
     raise InputError(f"bands: unknown band combination {name!r} (expected one of {', '.join(COMBINATIONS)})")
 
 
-
 def _dn_strips(product: Product, grid: Grid, settings: Sentinel2Settings, strip_rows: int,
                ) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
     """Read ``product``'s reflectance bands onto ``grid`` strip by strip: (full-width window, band -> (rows, W)
@@ -374,7 +373,7 @@ def _ratios(product: Product, dn: Mapping[str, np.ndarray], invalid: np.ndarray,
 
 
 def combination_strips(
-    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 256,
 ) -> Iterator[tuple[Window, dict[str, np.ndarray], np.ndarray]]:
     """Read ``product`` onto ``grid`` and compute ``combinations``, one strip of ``strip_rows`` rows at a time.
 
@@ -445,7 +444,7 @@ def combination_channels(combinations: Sequence[str]) -> list[str]:
 
 
 def level_strips(
-    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 1024,
+    product: Product, grid: Grid, combinations: Sequence[str], settings: Sentinel2Settings, strip_rows: int = 256,
 ) -> Iterator[tuple[Window, np.ndarray, np.ndarray]]:
     """``combination_strips`` as levels (``ChannelLevels``): yields (window, (C, rows, W) uint16 levels of
     ``combination_channels(combinations)``, valid (rows, W) bool), the same pixels valid. Reflectance levels
