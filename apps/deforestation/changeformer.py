@@ -20,6 +20,7 @@ defaults in the decoder.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -67,9 +68,25 @@ def init_mit_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+@functools.cache
+def channels_last_weight_gradients_are_slow(device_type: str) -> bool:
+    """Whether oneDNN computes convolution weight gradients of channels-last maps far slower than of
+    NCHW ones on ``device_type``: on CPUs without AVX512, where it has no brgemm kernel for them
+    (about 4x for the decoder's full-resolution 3x3 256->256 convolutions on AVX2)."""
+    return device_type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX")
+
+
 def tokens_to_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """(B, height*width, C) tokens -> (B, C, height, width) feature map."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+    """(B, height*width, C) tokens -> (B, C, height, width) feature map.
+
+    A channels-last view of the tokens (the layout the authors' network runs its convolutions in),
+    copied to NCHW where gradients will flow back through it and
+    ``channels_last_weight_gradients_are_slow``: the same values in another memory layout.
+    """
+    maps = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, height, width)
+    if tokens.requires_grad and channels_last_weight_gradients_are_slow(tokens.device.type):
+        return maps.contiguous()
+    return maps
 
 
 class OverlapPatchEmbedding(nn.Module):
@@ -213,7 +230,7 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features + 0.1 * self.conv2(F.relu(self.conv1(features)))
+        return torch.add(features, self.conv2(F.relu(self.conv1(features))), alpha=0.1)
 
 
 def upsample_x2(channels: int) -> nn.ConvTranspose2d:

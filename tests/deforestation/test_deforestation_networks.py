@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from apps.deforestation import changeformer as changeformer_module
 from apps.deforestation.baselines import build_early_fusion_unet, build_fc_siam_diff
 from apps.deforestation.changeformer import build_changeformer_v6, load_mit_encoder
 from apps.foundation.errors import InputError
@@ -60,6 +61,35 @@ def test_changeformer_trains_end_to_end(changeformer):
     sum(o.sum() for o in changeformer(*image_pair(size=32))).backward()
     assert all(p.grad is not None for p in changeformer.encoder.parameters())
     assert all(p.grad is not None for p in changeformer.decoder.parameters())
+
+
+@pytest.mark.parametrize("device_type", ["cpu", "cuda"])
+def test_channels_last_weight_gradients_are_slow_only_on_cpus_without_avx512(device_type):
+    slow = changeformer_module.channels_last_weight_gradients_are_slow(device_type)
+    assert slow == (device_type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"))
+
+
+def test_changeformer_gives_the_same_outputs_and_gradients_in_both_layouts(changeformer, monkeypatch):
+    """Training copies the token maps to NCHW where channels-last weight gradients are slow: only the
+    convolutions' memory layout changes, not what they compute."""
+    changeformer.eval()  # no dropout: its masks follow the memory layout
+    convolution_inputs = []
+    hook = changeformer.decoder.difference[0][0].register_forward_hook(  # at H/4
+        lambda module, args, out: convolution_inputs.append(args[0].is_contiguous()))
+    runs = []
+    for nchw in (True, False):
+        monkeypatch.setattr(changeformer_module, "channels_last_weight_gradients_are_slow", lambda device: nchw)
+        changeformer.zero_grad(set_to_none=True)
+        outputs = changeformer(*image_pair(batch=2, size=64))
+        sum((o * o).mean() for o in outputs).backward()
+        runs.append(([o.detach() for o in outputs], {n: p.grad for n, p in changeformer.named_parameters()}))
+    hook.remove()
+    assert convolution_inputs == [True, False]
+    (nchw_outputs, nchw_grads), (channels_last_outputs, channels_last_grads) = runs
+    for nchw_output, channels_last_output in zip(nchw_outputs, channels_last_outputs):
+        torch.testing.assert_close(nchw_output, channels_last_output, rtol=1e-4, atol=1e-5)
+    for name, grad in nchw_grads.items():
+        torch.testing.assert_close(grad, channels_last_grads[name], rtol=1e-3, atol=1e-6, msg=name)
 
 
 def test_changeformer_takes_one_band_and_other_class_counts(one_band_changeformer):
