@@ -80,7 +80,7 @@ def test_changeformer_gives_the_same_outputs_and_gradients_in_both_layouts(chang
     for nchw in (True, False):
         monkeypatch.setattr(changeformer_module, "channels_last_weight_gradients_are_slow", lambda device: nchw)
         changeformer.zero_grad(set_to_none=True)
-        outputs = changeformer(*image_pair(batch=2, size=64))
+        outputs = changeformer(*image_pair(batch=2, size=32))
         sum((o * o).mean() for o in outputs).backward()
         runs.append(([o.detach() for o in outputs], {n: p.grad for n, p in changeformer.named_parameters()}))
     hook.remove()
