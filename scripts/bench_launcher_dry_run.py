@@ -1,5 +1,5 @@
-"""Dry-run rendering of Kubernetes manifests: a 1,000-point sweep (a 10x10x10 grid) of burned_area on
-the nautilus profile, through the real command line (``python -m apps.burned_area -m cluster=nautilus
+"""Dry-run rendering of Kubernetes manifests: a 1,000-point sweep (a 10x10x10 grid; NxNxN with
+``--values N``) of burned_area on the nautilus profile, through the real command line (``python -m apps.burned_area -m cluster=nautilus
 hydra.launcher.dry_run=true lr=... batch_size=... seed=...``).
 
 The command's wall time is split into the launcher's own (its ``launch()``: rendering and writing
@@ -9,11 +9,12 @@ Baselines in the same run: YAML-dumping one of the written manifests to 1,000 fi
 and Hydra's own composition of a sample of the points (``SAMPLE``, per point, times the points)
 against the launcher's derived composition of all of them. Prints JSON.
 
-    python scripts/bench_launcher_dry_run.py
+    python scripts/bench_launcher_dry_run.py [--values 10]
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -27,8 +28,12 @@ from bench_launcher import app_startup_s, timed_sweep
 from apps.foundation.rundir import SWEEP_MANIFEST_DIR
 from hydra_plugins.geoscale_kubernetes_launcher.launcher import YAML_DUMPER
 
-GRID = {"lr": [f"{v}e-4" for v in range(1, 11)], "batch_size": [str(v) for v in range(8, 18)],
-        "seed": [str(v) for v in range(10)]}
+def grid(values: int) -> dict[str, list[str]]:
+    """The swept overrides: ``values`` learning rates, batch sizes and seeds."""
+    return {"lr": [f"{v}e-4" for v in range(1, values + 1)], "batch_size": [str(v) for v in range(8, 8 + values)],
+            "seed": [str(v) for v in range(values)]}
+
+
 TARGET_S = 5.0
 TARGET_COMMAND_S = 15.0
 SAMPLE = 50
@@ -50,9 +55,10 @@ def composition_times(points: list[list[str]]) -> dict:
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration("burned_area", ["cluster=nautilus"], RunMode.MULTIRUN)
         began = time.perf_counter()
-        for overrides in points[:SAMPLE]:
+        sample = points[:SAMPLE]
+        for overrides in sample:
             loader.load_sweep_config(master, overrides)
-        hydra_s = (time.perf_counter() - began) / SAMPLE * len(points)
+        hydra_s = (time.perf_counter() - began) / len(sample) * len(points)
         memo, began = SweepConfigMemo(loader), time.perf_counter()
         for overrides in points:
             memo.load_sweep_config(master, overrides)
@@ -62,11 +68,17 @@ def composition_times(points: list[list[str]]) -> dict:
 
 
 def main() -> None:
-    points = len(list(itertools.product(*GRID.values())))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--values", type=int, default=10, help="values per swept key (default 10: 1,000 points)")
+    args = parser.parse_args()
+    if args.values < 1:
+        raise SystemExit(f"error: --values {args.values}: give at least 1")
+    sweep = grid(args.values)
+    points = len(list(itertools.product(*sweep.values())))
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = Path(tmp) / "sweep"
         command = [sys.executable, "-m", "apps.burned_area", "-m", "cluster=nautilus", "hydra.launcher.dry_run=true",
-                   f"hydra.sweep.dir={sweep_dir}", *(f"{key}={','.join(values)}" for key, values in GRID.items())]
+                   f"hydra.sweep.dir={sweep_dir}", *(f"{key}={','.join(values)}" for key, values in sweep.items())]
         _, times = timed_sweep(command, app_startup_s())
         written = sorted((sweep_dir / SWEEP_MANIFEST_DIR).glob("*.yaml"))
 
@@ -79,8 +91,8 @@ def main() -> None:
         baseline_s = time.perf_counter() - began
 
     launcher = times.get("launcher_s", float("inf"))
-    composition = composition_times([[f"{key}={value}" for key, value in zip(GRID, values)]
-                                     for values in itertools.product(*GRID.values())])
+    composition = composition_times([[f"{key}={value}" for key, value in zip(sweep, values)]
+                                     for values in itertools.product(*sweep.values())])
     command = times.get("command_wall_s", float("inf"))
     print(json.dumps({"points": points, "manifests_written": len(written), **times,
                       "baseline_yaml_dump_s": round(baseline_s, 3),

@@ -200,6 +200,20 @@ def test_acquire_benchmark_reads_fewer_bytes_by_window_than_whole_downloads():
 
 
 @pytest.mark.slow
+def test_launcher_dry_run_benchmark_writes_every_manifest_and_compares_the_compositions():
+    report = run_script("bench_launcher_dry_run.py", "--values", "3")
+    assert report["points"] == report["manifests_written"] == 27
+    assert report["launcher_s"] > 0 and report["app_startup_s"] > 0 and report["baseline_yaml_dump_s"] > 0
+    assert_sum(report["command_wall_s"], [report["launcher_s"], report["app_startup_s"], report["hydra_sweep_s"]], 3)
+    assert_quotient(report["launcher_to_baseline"], report["launcher_s"], report["baseline_yaml_dump_s"], (2, 3, 3))
+    assert_quotient(report["hydra_to_derived"], report["hydra_compose_all_s_estimated"],
+                    report["derived_compose_all_s"], (1, 2, 2))
+    assert_verdict(report["within_target"], report["launcher_s"], report["target_launcher_s"], 3, at_most=True)
+    assert_verdict(report["command_within_target"], report["command_wall_s"], report["target_command_s"], 3,
+                   at_most=True)
+
+
+@pytest.mark.slow
 def test_launcher_benchmark_splits_the_sweep_and_compares_it_with_the_direct_client():
     report = run_script("bench_launcher.py")  # the study's grid: no smaller size without changing the benchmark
     baseline, launcher = report["baseline_direct_client"], report["launcher"]
