@@ -150,10 +150,11 @@ def main() -> None:
 
     default = resolve_precision("auto", "gpu" if args.device == "cuda" else "cpu")
     runs = dict.fromkeys((BASELINE, "32-true", *(() if args.no_bf16 else ("bf16-mixed",)), default))
+    authors = authors_network(args.authors_code) if args.authors_code is not None else None  # checked first
     results = {run: measure_run(run, args.device, args.batch, args.size, args.warmup, args.repeats) for run in runs}
-    if args.authors_code is not None:
+    if authors is not None:
         results[AUTHORS_CODE] = measure("32-true", args.device, args.batch, args.size, args.warmup, args.repeats,
-                                        authors_network(args.authors_code))
+                                        authors)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     report = {
         "network": "ChangeFormerV6",

@@ -1,6 +1,6 @@
 """Dry-run rendering of Kubernetes manifests: a 1,000-point sweep (a 10x10x10 grid; NxNxN with
-``--values N``) of burned_area on the nautilus profile, through the real command line (``python -m apps.burned_area -m cluster=nautilus
-hydra.launcher.dry_run=true lr=... batch_size=... seed=...``).
+``--values N``) of burned_area on the nautilus profile, through the real command line
+(``python -m apps.burned_area -m cluster=nautilus hydra.launcher.dry_run=true lr=... batch_size=... seed=...``).
 
 The command's wall time is split into the launcher's own (its ``launch()``: rendering and writing
 every manifest, from its summary log line; target <= 5 s), the app's bare start-up (``--help``)
@@ -28,16 +28,16 @@ from bench_launcher import app_startup_s, timed_sweep
 from apps.foundation.rundir import SWEEP_MANIFEST_DIR
 from hydra_plugins.geoscale_kubernetes_launcher.launcher import YAML_DUMPER
 
-def grid(values: int) -> dict[str, list[str]]:
-    """The swept overrides: ``values`` learning rates, batch sizes and seeds."""
-    return {"lr": [f"{v}e-4" for v in range(1, values + 1)], "batch_size": [str(v) for v in range(8, 8 + values)],
-            "seed": [str(v) for v in range(values)]}
-
-
 TARGET_S = 5.0
 TARGET_COMMAND_S = 15.0
 SAMPLE = 50
 """Points Hydra composes its own way for the composition baseline (all 1,000 would take minutes)."""
+
+
+def grid(values: int) -> dict[str, list[str]]:
+    """The swept overrides: ``values`` learning rates, batch sizes and seeds."""
+    return {"lr": [f"{v}e-4" for v in range(1, values + 1)], "batch_size": [str(v) for v in range(8, 8 + values)],
+            "seed": [str(v) for v in range(values)]}
 
 
 def composition_times(points: list[list[str]]) -> dict:
@@ -74,7 +74,9 @@ def main() -> None:
     if args.values < 1:
         raise SystemExit(f"error: --values {args.values}: give at least 1")
     sweep = grid(args.values)
-    points = len(list(itertools.product(*sweep.values())))
+    point_overrides = [[f"{key}={value}" for key, value in zip(sweep, values)]
+                       for values in itertools.product(*sweep.values())]
+    points = len(point_overrides)
     with tempfile.TemporaryDirectory() as tmp:
         sweep_dir = Path(tmp) / "sweep"
         command = [sys.executable, "-m", "apps.burned_area", "-m", "cluster=nautilus", "hydra.launcher.dry_run=true",
@@ -91,8 +93,7 @@ def main() -> None:
         baseline_s = time.perf_counter() - began
 
     launcher = times.get("launcher_s", float("inf"))
-    composition = composition_times([[f"{key}={value}" for key, value in zip(sweep, values)]
-                                     for values in itertools.product(*sweep.values())])
+    composition = composition_times(point_overrides)
     command = times.get("command_wall_s", float("inf"))
     print(json.dumps({"points": points, "manifests_written": len(written), **times,
                       "baseline_yaml_dump_s": round(baseline_s, 3),
