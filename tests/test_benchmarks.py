@@ -152,6 +152,7 @@ def test_pair_prep_benchmark_times_the_floor_and_the_prep(tmp_path):
                    at_most=True)
 
 
+@pytest.mark.slow
 def test_detection_chipping_benchmark_times_the_chip_stage_against_reading_the_image(tmp_path):
     report = run_script("bench_detection_chipping.py", "--size", "1024", "--boxes", "100", "--repeats", "1",
                         "--work-dir", str(tmp_path))
@@ -188,6 +189,7 @@ def test_detection_step_benchmark_times_the_core_against_mmengines_runner():
     assert_quotient(round_speed, statistics.median(steps["runner"]), statistics.median(steps["core"]), (3, 3, 3))
 
 
+@pytest.mark.slow
 def test_acquire_benchmark_reads_fewer_bytes_by_window_than_whole_downloads():
     report = run_script("bench_acquire.py", "--quick")
     assert report["same_pixels"] is True

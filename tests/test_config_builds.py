@@ -15,7 +15,7 @@ from helpers.core import CONF_DIR, compose_config
 
 from apps.core.config import build
 
-pytestmark = pytest.mark.slow  # builds some 60 networks and loaders; compose-only checks run in the fast tier
+pytestmark = pytest.mark.slow  # composes and builds some 60 choices: networks, loaders, losses, optimizers, trainers, loggers
 
 APPS = ("burned_area", "deforestation", "detection")
 SMALL_NETWORK = {"burned_area": ["model.encoder=resnet18"], "deforestation": ["model=fc_siam_diff"],

@@ -38,6 +38,7 @@ def wheel(tmp_path_factory) -> Path:
     return built
 
 
+@pytest.mark.slow  # builds the wheel
 def test_wheel_carries_every_config_file_and_the_launcher(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {path.relative_to(REPO).as_posix() for path in (REPO / "conf").rglob("*.yaml")}
@@ -46,6 +47,7 @@ def test_wheel_carries_every_config_file_and_the_launcher(wheel):
     assert {"apps/burned_area/__main__.py", "data_prep/burned_area.py", "apps/core/training/train.py"} <= names
 
 
+@pytest.mark.slow  # builds the wheel
 def test_wheel_has_no_top_level_conf_and_every_module_of_the_package_list(wheel):
     """conf/ ships as apps/conf (with the __init__.py files of Hydra's pkg://apps.conf.<app> searchpaths);
     pyproject.toml lists the packages by hand, so a package missing from that list shows up here."""
@@ -60,6 +62,7 @@ def test_wheel_has_no_top_level_conf_and_every_module_of_the_package_list(wheel)
     assert modules and not modules - names, f"not in the wheel (pyproject.toml's packages): {sorted(modules - names)}"
 
 
+@pytest.mark.slow  # builds the wheel
 def test_installed_app_composes_away_from_the_source_tree(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(wheel)],

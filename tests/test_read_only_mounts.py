@@ -44,6 +44,7 @@ def read_only_mount(tmp_path):
     return source, target
 
 
+@pytest.mark.slow
 def test_a_prep_writing_to_a_read_only_mount_fails_in_one_line_naming_it(read_only_mount, tmp_path):
     source, target = read_only_mount
     argv = [sys.executable, "-m", "data_prep.synthetic", f"out_dir={target}/scenes", "n_scenes=1", "size=64"]

@@ -53,6 +53,7 @@ def test_deforestation_grid_spans_the_studys_values():
     assert len(points) > 60
 
 
+@pytest.mark.slow
 def test_detection_benchmark_optimizers_weights_and_batch_follow_the_study():
     from apps.foundation.catalogue import read_catalogue
 

@@ -87,8 +87,8 @@ def segmentation_chips(root: Path) -> Path:
 ONE_BATCH = ("epochs=1", "batch_size=2", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
              "trainer.num_sanity_val_steps=0")
 APPS = [
-    AppCase("burned_area", ("debug=tiny",),
-            segmentation_chips, "apps.burned_area.predict", burned_area_scene, class_map("burned")),
+    pytest.param(AppCase("burned_area", ("debug=tiny",), segmentation_chips, "apps.burned_area.predict",
+                         burned_area_scene, class_map("burned")), marks=pytest.mark.slow, id="burned_area"),
     pytest.param(AppCase("deforestation", ("debug=tiny",), pair_chips, "apps.deforestation.predict",
                          deforestation_pair, class_map("change")), marks=pytest.mark.slow, id="deforestation"),
     pytest.param(AppCase("deforestation", ("debug=tiny", "model=changeformer_v6"), pair_chips, "apps.deforestation.predict",

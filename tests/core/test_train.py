@@ -92,6 +92,7 @@ def test_missing_split_is_an_input_error(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_objective_must_be_a_metric(chips, tmp_path):
     with pytest.raises(InputError, match="objective=test/iouu"):
         train(tiny_cfg(chips, "objective=test/iouu", "epochs=1"), tmp_path / "run")

@@ -134,6 +134,7 @@ def test_cli_misspelled_override_is_one_line_exit_2(tmp_path, synthetic_scenes):
     assert result.stderr.startswith("error: ") and "chip.siz" in result.stderr
 
 
+@pytest.mark.slow
 def test_cli_truncated_geotiff_is_one_line_exit_2(tmp_path, synthetic_scenes):
     scenes_dir = copy_scenes(synthetic_scenes, tmp_path)
     band = scenes_dir / "scene_02" / "B03.tif"

@@ -380,6 +380,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=LIMIT_S, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing SCL", "outside date window"])
 def test_cli_bad_input_is_one_line_exit_2(tmp_path, pairs, case):
     areas = copy_area(pairs, tmp_path)

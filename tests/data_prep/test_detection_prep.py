@@ -498,6 +498,7 @@ def test_synthetic_object_scenes_flow_through_the_dota_reader(tmp_path):
         assert np.abs(centre - COLOURS[SYNTHETIC_CLASSES[label]]).max() < 40
 
 
+@pytest.mark.slow
 def test_synthetic_objects_cli_then_detection_prep(tmp_path):
     synthetic = tmp_path / "synthetic"
     done = subprocess.run([sys.executable, "-m", "data_prep.synthetic_objects", f"out_dir={synthetic}", "n_scenes=4",

@@ -69,6 +69,7 @@ def test_channels_last_weight_gradients_are_slow_only_on_cpus_without_avx512(dev
     assert slow == (device_type == "cpu" and torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"))
 
 
+@pytest.mark.slow  # two full-size ChangeFormers forward and backward
 def test_changeformer_gives_the_same_outputs_and_gradients_in_both_layouts(changeformer, monkeypatch):
     """Training copies the token maps to NCHW where channels-last weight gradients are slow: only the
     convolutions' memory layout changes, not what they compute."""

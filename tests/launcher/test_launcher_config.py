@@ -80,6 +80,7 @@ def test_dry_run_of_a_training_sweep(tmp_path):
     assert not (sweep_dir / "summary.md").exists() and "summary not written" not in done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_dry_run_of_a_data_prep_fan_out(tmp_path):
     sweep_dir = tmp_path / "sweep"
     done = run_module("data_prep.burned_area", "-m", "hydra/launcher=kubernetes", "hydra.launcher.dry_run=true",

@@ -47,6 +47,7 @@ def one_line(proc) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_fetch_downloads_and_verifies_every_checkpoint_and_skips_them_next_time(served, tmp_path):
     stac, catalogue, files = served
     weights = tmp_path / "weights"
