@@ -16,6 +16,8 @@ from apps.foundation.errors import InputError
 from data_prep.geotiff import open_raster
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+BAND_COUNTS = {"TCI": 3}
+"""Bands per file of the band names that are not one band per file (the true-colour image: R, G, B)."""
 _BAND_NAME = re.compile(r"(?:^|[_\-.])(?P<band>B\d[\dA]|TCI|SCL|AOT|WVP)(?:_(?P<res>\d+)m)?$", re.IGNORECASE)
 
 
@@ -88,8 +90,9 @@ def find_scene(folder: Path, bands: Sequence[str]) -> Scene:
     """Locate ``bands`` (e.g. ["B04", "B03", "B02", "TCI"]) in a scene folder and check their grids.
 
     Where a band exists at several resolutions (SAFE R10m/R20m/R60m) the finest is taken.
-    Raises InputError naming the folder and band when a band is missing or ambiguous, and when
-    the bands differ in CRS, transform or shape.
+    Raises InputError naming the folder and band when a band is missing or ambiguous, when its file
+    holds another number of bands than the name says (one; TCI three), and when the bands differ in
+    CRS, transform or shape.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -106,8 +109,19 @@ def find_scene(folder: Path, bands: Sequence[str]) -> Scene:
             names = ", ".join(p.name for p in finest)
             raise InputError(f"scene folder {folder}: band {band} is ambiguous ({names})")
         chosen[band] = finest[0]
+        _check_band_count(folder, band.upper(), finest[0])
     check_same_grid(chosen, f"scene folder {folder}")
     return Scene(name=scene_name(folder), folder=folder, bands=chosen)
+
+
+def _check_band_count(folder: Path, band: str, path: Path) -> None:
+    expected = BAND_COUNTS.get(band, 1)
+    with open_raster(path) as src:
+        count = src.count
+    if count != expected:
+        hint = " (one file per band, named by its band)" if expected == 1 else ""
+        raise InputError(f"scene folder {folder}: band {band} file {path.name} holds {count} bands, "
+                         f"expected {expected}{hint}")
 
 
 def check_same_grid(rasters: Mapping[str, Path], context: str) -> None:

@@ -206,9 +206,15 @@ def product_metadata(folder: Path, settings: Sentinel2Settings) -> tuple[Path, s
 def _check_resolution(folder: Path, band: str, path: Path) -> None:
     with open_raster(path) as src:
         x_size, y_size = abs(src.transform.a), abs(src.transform.e)
+        crs = src.crs
     expected = BAND_RESOLUTION_M[band]
-    if max(abs(x_size - expected), abs(y_size - expected)) > 1e-3 * expected:
-        raise InputError(f"product {folder}: band {band} file {path} has {x_size:g} x {y_size:g} m pixels, "
+    if crs.is_geographic:
+        raise InputError(f"product {folder}: band {band} file {path} is in geographic coordinates ({crs}), "
+                         f"{x_size:g} x {y_size:g} degree pixels; expected {expected:g} m pixels in a projected CRS "
+                         f"(reproject it, e.g. gdalwarp -t_srs <its UTM zone> -tr {expected:g} {expected:g})")
+    units = "m" if crs.linear_units.lower() in ("metre", "meter", "m") else crs.linear_units
+    if units != "m" or max(abs(x_size - expected), abs(y_size - expected)) > 1e-3 * expected:
+        raise InputError(f"product {folder}: band {band} file {path} has {x_size:g} x {y_size:g} {units} pixels, "
                          f"expected {expected:g} m")
 
 

@@ -327,6 +327,9 @@ def _rewrite(path: Path, data: np.ndarray | None = None, transform: Affine | Non
     ("all clouds", r"product .*area_00/before: no valid pixel on the grid of .*area_00/before after the cloud mask"),
     ("no CRS", r"polygons .*nocrs.shp: no CRS"),
     ("wrong resolution", r"product .*area_00/after: band B04 file .*B04.tif has 20 x 20 m pixels, expected 10 m"),
+    ("three bands in B08", r"scene folder .*area_00/after: band B08 file B08.tif holds 3 bands, expected 1 \(one file per band"),
+    ("geographic grid", r"product .*area_00/after: band B02 file .*B02.tif is in geographic coordinates \(EPSG:4326\), "
+                        r"9e-05 x 9e-05 degree pixels; expected 10 m pixels in a projected CRS \(reproject it"),
 ])
 def test_bad_input_stops_with_one_line_and_no_dataset(tmp_path, pairs, case, message):
     areas = copy_area(pairs, tmp_path)
@@ -356,6 +359,19 @@ def test_bad_input_stops_with_one_line_and_no_dataset(tmp_path, pairs, case, mes
         with rasterio.open(after / "B04.tif") as src:
             data, transform = src.read(1)[::2, ::2], src.transform @ Affine.scale(2)
         _rewrite(after / "B04.tif", data, transform)
+    elif case == "three bands in B08":
+        with rasterio.open(after / "B08.tif") as src:
+            profile, band = src.profile, src.read(1)
+        with rasterio.open(after / "B08.tif", "w", **{**profile, "count": 3}) as dst:
+            dst.write(np.stack([band] * 3))
+    elif case == "geographic grid":
+        for path in after.glob("*.tif"):
+            with rasterio.open(path) as src:
+                profile, data = src.profile, src.read()
+            pixel = 9e-5 * (2 if path.stem == "SCL" else 1)
+            with rasterio.open(path, "w", **{**profile, "crs": "EPSG:4326",
+                                             "transform": Affine(pixel, 0, -55.0, 0, -pixel, -3.0)}) as dst:
+                dst.write(data)
     out = tmp_path / "out"
     with pytest.raises(InputError, match=message) as err:
         prepare(tiny_config(out, areas, polygons))

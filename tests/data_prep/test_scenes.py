@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,15 @@ def test_bands_on_different_grids(tmp_path):
     write_raster(tmp_path / "t" / "B02.tif")
     with pytest.raises(InputError, match="25x20 px"):
         find_scene(tmp_path / "t", RGB)
+
+
+@pytest.mark.parametrize("band, count, expected", [("B04", 3, "expected 1 (one file per band"), ("TCI", 1, "expected 3")])
+def test_a_band_file_with_another_band_count_than_its_name_is_refused(tmp_path, band, count, expected):
+    for name in (*RGB, "TCI"):
+        write_raster(tmp_path / "s" / f"{name}.tif", count=count if name == band else 3 if name == "TCI" else 1)
+    with pytest.raises(InputError, match=rf"scene folder .*/s: band {band} file {band}.tif holds {count} bands, "
+                                         rf"{re.escape(expected)}"):
+        find_scene(tmp_path / "s", (*RGB, "TCI"))
 
 
 def test_ambiguous_band(tmp_path):
