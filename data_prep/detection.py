@@ -46,7 +46,7 @@ import zipfile
 import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -112,11 +112,10 @@ class SceneSplitSettings(SplitSettings):
     image) keeps scenes of a group in one split; None: every scene is its own group. ``fixed`` pins groups."""
 
     group_pattern: str | None = None
+    methods: ClassVar[tuple[str, ...]] = ("scenes",)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.method != "scenes":
-            raise InputError(f"split.method: detection splits whole scenes, got {self.method!r}")
         if self.group_pattern is not None:
             try:
                 re.compile(self.group_pattern)

@@ -551,6 +551,9 @@ def read_rareplanes(images: Path, labels: Path | None, classes: Sequence[str] | 
     default: Sequence[str] | None = RAREPLANES_ROLES if settings.class_attribute == "role" else None
     if labels.is_dir():
         pending = _read_tile_geojsons(images, labels, settings)
+    elif labels.is_file() and labels.suffix.lower() == ".xml":
+        raise InputError(f"labels {labels}: RarePlanes synthetic XML annotations are not read (format=rareplanes "
+                         "takes the real data's per-tile GeoJSON folder or a COCO JSON file)")
     elif labels.is_file():
         pending, category_names, dropped = _read_coco(images, labels, settings)
         default = category_names if settings.class_attribute is None else default

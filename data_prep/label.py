@@ -45,6 +45,10 @@ class LabelSettings:
     all_touched: bool = False
 
 
+RASTER_LABEL_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
+"""Suffixes of raster files, which a polygons setting refuses by name (GDAL's own error names a CSV driver)."""
+
+
 def polygon_file_info(path: Path, layer: str | None = None) -> dict:
     """pyogrio's description of a polygon file (``crs``, ``features``, ``geometry_type``, ...), checked.
 
@@ -53,6 +57,9 @@ def polygon_file_info(path: Path, layer: str | None = None) -> dict:
     path = Path(path)
     if not path.exists():
         raise InputError(f"polygons {path}: file not found")
+    if path.suffix.lower() in RASTER_LABEL_SUFFIXES:
+        raise InputError(f"polygons {path}: a raster; labels are read from polygon files (GeoPackage, Shapefile, "
+                         "GeoJSON), not from class rasters")
     try:
         info = pyogrio.read_info(path, layer=layer, force_feature_count=True)
     except (DataSourceError, DataLayerError) as exc:

@@ -95,6 +95,9 @@ def find_scene(folder: Path, bands: Sequence[str]) -> Scene:
     CRS, transform or shape.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise InputError(f"scene folder {folder}: a file, not a folder (give the folder that holds the scene's "
+                         "band files)")
     if not folder.is_dir():
         raise InputError(f"scene folder {folder}: not found")
     available = _band_files(folder)

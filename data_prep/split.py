@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import ClassVar, Mapping, Sequence
 
 import numpy as np
 
@@ -70,11 +70,13 @@ class SplitSettings(BlockSplitSettings):
 
     method: str = "scenes"
     fixed: Mapping[str, str] = field(default_factory=dict)
+    methods: ClassVar[tuple[str, ...]] = SPLIT_METHODS
+    """The methods a prep offers (hints name only these)."""
 
     def __post_init__(self):
         super().__post_init__()
-        if self.method not in SPLIT_METHODS:
-            raise InputError(f"split.method: unknown method {self.method!r} (expected one of {', '.join(SPLIT_METHODS)})")
+        if self.method not in self.methods:
+            raise InputError(f"split.method: unknown method {self.method!r} (expected one of {', '.join(self.methods)})")
         if self.fixed and self.method != "scenes":
             raise InputError(f"split.fixed: pins whole scenes, only with split.method=scenes (got {self.method})")
         for scene, split in self.fixed.items():
@@ -108,7 +110,8 @@ def assign_scene_splits(chip_counts: Mapping[str, int], settings: SplitSettings 
     if empty:
         raise InputError(
             f"only {len(chip_counts)} usable scene(s) with chips ({', '.join(sorted(chip_counts)) or 'none'}): "
-            f"need at least one scene per split, {', '.join(empty)} left empty (or split.method=blocks)"
+            f"need at least one scene per split, {', '.join(empty)} left empty"
+            + (" (or split.method=blocks)" if "blocks" in settings.methods else "")
         )
     return assignment
 

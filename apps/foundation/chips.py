@@ -280,6 +280,10 @@ def invalidate_dataset(out_dir: Path) -> None:
         (Path(out_dir) / name).unlink(missing_ok=True)
 
 
+PREP_FOLDERS = ("scenes", "work")
+"""Folders a data prep writes into its out_dir before dataset.json: chip arrays, and intermediate rasters."""
+
+
 class ChipDataset:
     """A complete chip dataset opened for reading.
 
@@ -293,6 +297,10 @@ class ChipDataset:
         if not self.root.is_dir():
             raise InputError(f"chip dataset {self.root}: directory not found (run data prep first)")
         if not index_path.is_file():
+            if not any((self.root / name).is_dir() for name in PREP_FOLDERS):
+                raise InputError(f"chip dataset {self.root}: not a chip dataset (no dataset.json, nor a data prep's "
+                                 f"{' or '.join(f'{name}/' for name in PREP_FOLDERS)}): point it at the out_dir of "
+                                 "the app's data prep")
             raise InputError(
                 f"chip dataset {self.root}: incomplete, no dataset.json (data prep did not finish; re-run it)"
             )

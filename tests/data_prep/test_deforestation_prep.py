@@ -530,3 +530,12 @@ def test_pixels_where_a_combination_is_undefined_are_no_data(tmp_path):
     assert not valid[3, 4] and valid.sum() == 63
     assert np.isnan(combos["nirrg"][:, 3, 4]).all() and np.isnan(combos["ndvi"][:, 3, 4]).all()
     assert np.isfinite(combos["ndvi"][:, valid]).all()
+
+
+def test_a_folder_no_prep_made_is_not_called_an_unfinished_prep(tmp_path):
+    """A change-detection benchmark in its published layout (A/, B/, label/) given as a chip dataset."""
+    for name in ("A", "B", "label"):
+        (tmp_path / "levir" / name).mkdir(parents=True)
+    with pytest.raises(InputError, match=r"chip dataset .*levir: not a chip dataset \(no dataset.json, nor a data "
+                                         r"prep's scenes/ or work/\): point it at the out_dir of the app's data prep$"):
+        ChipDataset(tmp_path / "levir")

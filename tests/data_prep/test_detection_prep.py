@@ -432,11 +432,24 @@ def _break(case: str, root: Path, tmp_path: Path) -> tuple[PrepConfig, str]:
             xview_feature("1,1,9,9", 18, "5.tif"), xview_feature(None, 18, "5.tif")]})
         return (PrepConfig(out_dir=out, format="xview", images=tmp_path / "xview", labels=geojson, progress=False),
                 rf"xView labels {geojson}: feature 1 has no bounds_imcoords")
+    if case == "RarePlanes synthetic XML":
+        xml = tmp_path / "synthetic" / "xmls" / "Atlanta_Airport_0_0_0.xml"
+        xml.parent.mkdir(parents=True)
+        xml.write_text("<annotation><object><category0>Small Civil Transport/Utility</category0></object></annotation>")
+        write_image(tmp_path / "tiles" / "Atlanta_Airport_0_0_0.png", 40, 40)
+        return (PrepConfig(out_dir=out, format="rareplanes", images=tmp_path / "tiles", labels=xml, progress=False),
+                rf"labels {xml}: RarePlanes synthetic XML annotations are not read \(format=rareplanes takes")
+    if case == "two scenes":
+        for scene in ("charlie", "delta"):
+            (root / "labelTxt" / f"{scene}.txt").unlink()
+            next((root / "images").glob(f"{scene}.*")).unlink()
+        return tiny_config(root, out), r"only 2 usable scene\(s\) with chips \(alpha, bravo\): .*test left empty$"
     raise ValueError(case)
 
 
 BAD_INPUT = ["wrong number of fields", "box outside image", "unknown class", "unreadable image",
-             "COCO pointing to missing images", "COCO image file missing", "xView feature without bounds_imcoords"]
+             "COCO pointing to missing images", "COCO image file missing", "xView feature without bounds_imcoords",
+             "RarePlanes synthetic XML", "two scenes"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUT)
@@ -446,6 +459,11 @@ def test_bad_input_stops_with_one_line_naming_the_file_and_no_dataset(case, dota
         prepare(config)
     assert "\n" not in str(err.value)
     assert not (config.out_dir / "dataset.json").exists()
+
+
+def test_split_methods_are_those_the_detection_prep_has():
+    with pytest.raises(InputError, match=r"split.method: unknown method 'blocks' \(expected one of scenes\)$"):
+        SceneSplitSettings(method="blocks")
 
 
 def test_truncated_image_found_while_chipping_names_the_image(dota_root, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -103,6 +104,7 @@ def test_all_touched_burns_more(tmp_path):
     ("missing", "file not found"),
     ("outside", "no polygon overlaps the raster"),
     ("lines", "holds no polygon geometry"),
+    ("class raster", "a raster; labels are read from polygon files (GeoPackage, Shapefile, GeoJSON), not from class rasters"),
 ])
 def test_bad_polygon_files(tmp_path, case, message):
     ref = write_reference(tmp_path / "ref.tif")
@@ -118,7 +120,9 @@ def test_bad_polygon_files(tmp_path, case, message):
         write_polygons(path, [box(WEST - 5000, NORTH, WEST - 4000, NORTH + 1000)])
     elif case == "lines":
         write_polygons(path, [LineString([(WEST, NORTH - 10), (WEST + 500, NORTH - 500)])])
-    with pytest.raises(InputError, match=message) as err:
+    elif case == "class raster":  # PRODES ships its yearly classes as a uint8 raster too
+        path = write_reference(tmp_path / "prodes_classes.tif")
+    with pytest.raises(InputError, match=re.escape(message)) as err:
         label_raster(path, ref, tmp_path / "label.tif", show_progress=False)
     assert str(path) in str(err.value) and "\n" not in str(err.value)
     assert isinstance(err.value, NoChips) == (case == "outside")       # a scene without burns, not bad input

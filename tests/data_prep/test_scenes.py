@@ -61,6 +61,12 @@ def test_missing_band_names_folder_and_band(tmp_path):
         find_scene(tmp_path / "s", RGB)
 
 
+def test_a_file_given_as_a_scene_folder_is_called_a_file(tmp_path):
+    path = write_raster(tmp_path / "pair_2019.tif", count=3)
+    with pytest.raises(InputError, match=r"scene folder .*pair_2019.tif: a file, not a folder \(give the folder"):
+        find_scene(path, RGB)
+
+
 def test_bands_on_different_grids(tmp_path):
     write_raster(tmp_path / "s" / "B04.tif")
     write_raster(tmp_path / "s" / "B03.tif")
