@@ -18,7 +18,7 @@ import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -87,7 +87,7 @@ KeepRule = Callable[[ChipWindows], np.ndarray]
 @dataclass(frozen=True)
 class SceneChips:
     """What the chip stage stored for one scene: its kept chips (split still empty), how they were made,
-    and the size of the scene's raster (px)."""
+    the size of the scene's raster (px), and the scene's objects no chip holds, by reason -> count."""
 
     scene: str
     records: list[ChipRecord]
@@ -96,6 +96,7 @@ class SceneChips:
     stamp: dict | None
     height: int
     width: int
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def window_offsets(length: int, size: int, stride: int) -> np.ndarray:
@@ -232,6 +233,7 @@ def write_scene_chips(scene_dir: Path, chips: SceneChips) -> None:
         "height": chips.height,
         "width": chips.width,
         "arrays": chips.arrays,
+        "dropped": chips.dropped,
         "chips": [asdict(r) for r in chips.records],
     }
     (Path(scene_dir) / SCENE_CHIPS_FILE).write_text(json.dumps(data, indent=1))
@@ -247,4 +249,5 @@ def read_scene_chips(out_root: Path, scene: str) -> SceneChips | None:
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return None
     records = [ChipRecord(**{**r, "transform": tuple(r["transform"]), "sources": tuple(r["sources"])}) for r in data["chips"]]
-    return SceneChips(data["scene"], records, data["arrays"], data["windows_total"], data["stamp"], *size)
+    return SceneChips(data["scene"], records, data["arrays"], data["windows_total"], data["stamp"], *size,
+                      data.get("dropped", {}))

@@ -360,6 +360,20 @@ def cut_boxes(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
     return np.concatenate(parts) if parts else np.zeros((0, len(BOX_COLUMNS)))
 
 
+TOO_LARGE = "no chip holds min_visible of it"
+"""The reason an object is in no chip: cut by every window's border (larger than a chip, or than the overlap)."""
+
+
+def uncovered_objects(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
+                      settings: DetectionChipSettings) -> np.ndarray:
+    """(M,) bool: the objects (OBJECT_COLUMNS) that are not difficult and of which no window (``cut_boxes``'
+    windows) holds ``min_visible``: in no chip as an object to detect."""
+    x1, y1, x2, y2 = (objects[:, i:i + 1] for i in range(4))
+    best_x = (np.clip(np.minimum(x2, cols + size) - np.maximum(x1, cols), 0, None) / (x2 - x1)).max(axis=1)
+    best_y = (np.clip(np.minimum(y2, rows + size) - np.maximum(y1, rows), 0, None) / (y2 - y1)).max(axis=1)
+    return (best_x * best_y < settings.min_visible - VISIBLE_EPS) & (objects[:, 5] == 0)
+
+
 def select_windows(table: np.ndarray, n_windows: int, settings: DetectionChipSettings, scene: str) -> np.ndarray:
     """(n_windows,) bool: windows holding an object that is not ignored, plus ``keep_empty`` of the others
     drawn with a generator seeded by ``settings.seed`` and the scene's name."""
@@ -503,8 +517,14 @@ def chip_detection_scene(name: str, index: LabelIndex, out_root: Path, settings:
     info, size = index.image(name), settings.size
     rows = window_offsets(info.height, size, settings.stride)
     cols = window_offsets(info.width, size, settings.stride)
-    table = cut_boxes(index.scene_objects(name), rows, cols, size, settings)
+    objects = index.scene_objects(name)
+    table = cut_boxes(objects, rows, cols, size, settings)
     keep = select_windows(table, len(rows) * len(cols), settings, name)
+    uncovered = int(np.count_nonzero(uncovered_objects(objects, rows, cols, size, settings)))
+    if uncovered:
+        log.warning("chip %s: %d object(s) of which no %d px chip holds min_visible=%g: %s", name, uncovered, size,
+                    settings.min_visible, "kept as ignored regions (ignore_cut)" if settings.ignore_cut else
+                    "dropped (a larger chip.size or chip.overlap keeps them; chip.ignore_cut=true marks them ignored)")
     kept = np.flatnonzero(keep)
     chip_of = np.full(len(keep), -1, dtype=np.int64)
     chip_of[kept] = np.arange(len(kept))
@@ -525,7 +545,8 @@ def chip_detection_scene(name: str, index: LabelIndex, out_root: Path, settings:
                 writers[IMAGE_ARRAY].append(np.stack([strip[:, :, s:s + size] for s in start]))
             save_scene_boxes(tmp_dir, BOXES_ARRAY, table)
             result = SceneChips(name, records, scene_array_paths(name, [IMAGE_ARRAY, BOXES_ARRAY]), len(keep),
-                                stamp, info.height, info.width)
+                                stamp, info.height, info.width,
+                                {} if settings.ignore_cut or not uncovered else {TOO_LARGE: uncovered})
             write_scene_chips(tmp_dir, result)
     return result
 
@@ -602,7 +623,11 @@ def write_detection_dataset(out_root: Path, scenes: Sequence[SceneChips], index:
                   "gsd": index.scenes[s.scene].get("gsd")}
         for s in usable
     }
-    preparation = replace(preparation, objects_in_chips=objects, dropped_labels=index.dropped, skipped=skipped,
+    dropped = dict(index.dropped)
+    for s in usable:
+        for reason, count in s.dropped.items():
+            dropped[reason] = dropped.get(reason, 0) + count
+    preparation = replace(preparation, objects_in_chips=objects, dropped_labels=dropped, skipped=skipped,
                           coco={split: f"{COCO_DIR}/{split}.json" for split in SPLITS})
     path = write_dataset_index(out_root, records, scene_index, index.classes, ARRAYS, preparation)
     log.info("dataset complete: %s (%d of %d scenes)", path, len(usable), len(scenes))

@@ -1,10 +1,12 @@
 """Benchmark the detection chipping on one DOTA-size scene.
 
-    python scripts/bench_detection_chipping.py [--size 4000] [--boxes 2000] [--image-format png] [--work-dir DIR]
+    python scripts/bench_detection_chipping.py [--size 4000] [--boxes 2000] [--large 20] [--image-format png]
+                                               [--work-dir DIR]
 
 Generates (not timed, in a child process) one ``size`` x ``size`` px RGB uint8 scene (PNG as DOTA ships
-them, or GeoTIFF) with ``boxes`` objects of 8-80 px (5 % difficult) in DOTA's layout under ``--work-dir``
-(default: a temporary folder), then in one run:
+them, or GeoTIFF) with ``boxes`` objects of 8-80 px (5 % difficult) and ``large`` of 150-400 px (harbours:
+larger than the windows' overlap) in DOTA's layout under ``--work-dir`` (default: a temporary folder),
+then in one run:
 
 - the prep: ``stage=labels`` then ``stage=chip`` of ``data_prep.detection`` with its default chip settings
   (512 px, overlap 0.2), in a fresh child process: seconds per stage (chip: the best of ``--repeats`` runs,
@@ -13,7 +15,8 @@ them, or GeoTIFF) with ``boxes`` objects of 8-80 px (5 % difficult) in DOTA's la
   of ``--repeats`` reads).
 
 Prints one JSON object: both times, chip time over the baseline, boxes per second (the scene's objects
-over the chip stage's time), chips per second, the chips and boxes written, and the peak memory.
+over the chip stage's time), chips per second, the chips and boxes written (as objects to detect and as
+ignored regions), the scene's objects no chip holds by reason, and the peak memory.
 """
 
 from __future__ import annotations
@@ -44,15 +47,15 @@ SCENE = "P9999"
 CLASSES = ("plane", "ship", "small-vehicle", "large-vehicle", "storage-tank")
 
 
-def make_scene(root: Path, size: int, n_boxes: int, image_format: str, seed: int) -> Path:
+def make_scene(root: Path, size: int, n_boxes: int, n_large: int, image_format: str, seed: int) -> Path:
     """Write ``root/images/P9999.<png|tif>`` and ``root/labelTxt/P9999.txt``; returns the image path."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
     base = np.stack([120 + 60 * np.sin(6 * xx), 110 + 50 * np.cos(5 * yy), 100 + 40 * np.sin(4 * (xx + yy))])
     image = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
     lines = ["imagesource:GoogleEarth", "gsd:0.3"]
-    for _ in range(n_boxes):
-        w, h = rng.uniform(8, 80, 2)
+    for i in range(n_boxes + n_large):
+        w, h = rng.uniform(8, 80, 2) if i < n_boxes else rng.uniform(150, 400, 2)
         x, y = rng.uniform(0, size - w), rng.uniform(0, size - h)
         image[:, int(y):int(y + h), int(x):int(x + w)] = rng.integers(0, 256, (3, 1, 1))
         corners = (x, y, x + w, y, x + w, y + h, x, y + h)
@@ -92,13 +95,17 @@ def run_stages(root: Path, out_dir: Path, repeats: int) -> dict:
     chips = read_scene_chips(out_dir, SCENE)
     boxes = np.load(out_dir / "scenes" / SCENE / "boxes.npy")
     return {"stages_s": seconds, "chips": len(chips.records), "windows": chips.windows_total,
-            "boxes_in_chips": len(boxes), "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "boxes_in_chips": {"to_detect": int(np.count_nonzero(boxes[:, 6] == 0)),
+                               "ignored": int(np.count_nonzero(boxes[:, 6] > 0))},
+            "objects_in_no_chip": chips.dropped,
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4000, help="scene side, px")
-    parser.add_argument("--boxes", type=int, default=2000, help="objects in the scene")
+    parser.add_argument("--boxes", type=int, default=2000, help="objects of 8-80 px in the scene")
+    parser.add_argument("--large", type=int, default=20, help="objects of 150-400 px in the scene")
     parser.add_argument("--image-format", choices=("png", "tif"), default="png")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="runs of the chip stage and of the baseline read")
@@ -107,7 +114,7 @@ def main() -> None:
     parser.add_argument("--child", nargs=3, metavar=("ROOT", "OUT_DIR", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make:
-        print(make_scene(args.make, args.size, args.boxes, args.image_format, args.seed))
+        print(make_scene(args.make, args.size, args.boxes, args.large, args.image_format, args.seed))
         return
     if args.child:
         print(json.dumps(run_stages(Path(args.child[0]), Path(args.child[1]), int(args.child[2]))))
@@ -119,7 +126,7 @@ def main() -> None:
         root = Path(tmp) / "scene"
         start = time.perf_counter()  # each step in its own process: a child inherits its parent's peak RSS
         made = subprocess.run([sys.executable, __file__, "--make", str(root), "--size", str(args.size), "--boxes",
-                               str(args.boxes), "--image-format", args.image_format, "--seed", str(args.seed)],
+                               str(args.boxes), "--large", str(args.large), "--image-format", args.image_format, "--seed", str(args.seed)],
                               check=True, stdout=subprocess.PIPE, text=True)
         image = Path(made.stdout.strip().splitlines()[-1])
         generate_s = time.perf_counter() - start
@@ -132,14 +139,15 @@ def main() -> None:
     chip_s = result["stages_s"]["chip"]
     report = {
         "scene_px": [args.size, args.size], "image_format": args.image_format, "image_bytes": image_bytes,
-        "boxes": args.boxes, "repeats": args.repeats,
+        "boxes": args.boxes, "large_objects": args.large, "repeats": args.repeats,
         "baseline_read_image_s": round(baseline_s, 3),
         "labels_s": round(result["stages_s"]["labels"], 3),
         "chip_s": round(chip_s, 3),
         "chip_over_baseline": round(chip_s / baseline_s, 2),
-        "boxes_per_s": round(args.boxes / chip_s, 1),
+        "boxes_per_s": round((args.boxes + args.large) / chip_s, 1),
         "chips_per_s": round(result["chips"] / chip_s, 1),
         "chips": result["chips"], "windows": result["windows"], "boxes_in_chips": result["boxes_in_chips"],
+        "objects_in_no_chip": result["objects_in_no_chip"],
         "peak_rss_bytes": result["peak_rss_bytes"],
         "generate_s_untimed": round(generate_s, 2),
         "cpu_count": os.cpu_count(), "numpy": np.__version__, "gdal": rasterio.__gdal_version__,

@@ -154,14 +154,16 @@ def test_pair_prep_benchmark_times_the_floor_and_the_prep(tmp_path):
 
 @pytest.mark.slow
 def test_detection_chipping_benchmark_times_the_chip_stage_against_reading_the_image(tmp_path):
-    report = run_script("bench_detection_chipping.py", "--size", "1024", "--boxes", "100", "--repeats", "1",
-                        "--work-dir", str(tmp_path))
-    assert report["scene_px"] == [1024, 1024] and report["boxes"] == 100
+    report = run_script("bench_detection_chipping.py", "--size", "1024", "--boxes", "100", "--large", "6",
+                        "--repeats", "1", "--work-dir", str(tmp_path))
+    assert report["scene_px"] == [1024, 1024] and report["boxes"] == 100 and report["large_objects"] == 6
     assert report["baseline_read_image_s"] > 0 and report["chip_s"] > 0
     assert_quotient(report["chip_over_baseline"], report["chip_s"], report["baseline_read_image_s"], (2, 3, 3))
-    assert_quotient(report["boxes_per_s"], report["boxes"], report["chip_s"], (1, None, 3))
+    assert_quotient(report["boxes_per_s"], report["boxes"] + report["large_objects"], report["chip_s"], (1, None, 3))
     assert_quotient(report["chips_per_s"], report["chips"], report["chip_s"], (1, None, 3))
-    assert 0 < report["chips"] <= report["windows"] and report["boxes_in_chips"] > 0
+    assert 0 < report["chips"] <= report["windows"] and report["boxes_in_chips"]["to_detect"] > 0
+    assert set(report["objects_in_no_chip"]) <= {"no chip holds min_visible of it"}
+    assert sum(report["objects_in_no_chip"].values()) <= report["large_objects"]
 
 
 @pytest.mark.slow

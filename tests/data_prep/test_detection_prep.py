@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,8 @@ from apps.foundation.chips import ChipDataset, chip_boxes
 from apps.foundation.errors import CONFIG_ERROR_EXIT_CODE, InputError
 from helpers.rasters import write_geotiff
 from data_prep.detection import (
-    DetectionChipSettings, DetectionPreparation, PrepConfig, SceneSplitSettings, cut_boxes, prepare, select_windows,
+    TOO_LARGE, DetectionChipSettings, DetectionPreparation, PrepConfig, SceneSplitSettings, cut_boxes, prepare,
+    select_windows,
 )
 from data_prep.normalize import NormalizeSettings
 from data_prep.detection_formats import (
@@ -284,6 +286,22 @@ def test_prep_writes_chips_boxes_coco_and_keeps_scenes_whole(dota_root, tmp_path
     assert dataset.attrs["objects_in_chips"] == {"kept": 12, "ignored": 1}
     record = DetectionPreparation.from_attrs(dataset.attrs)   # the prep's typed record, as prediction reads it
     assert record.objects_in_chips == {"kept": 12, "ignored": 1} and isinstance(record.stretch, NormalizeSettings)
+
+
+@pytest.mark.parametrize("ignore_cut", [False, True])
+def test_an_object_no_chip_holds_is_counted_as_dropped_or_kept_ignored(dota_root, tmp_path, caplog, ignore_cut):
+    """A 100 px harbour in 64 px chips: at most 64 % of it in any window, below min_visible (0.7)."""
+    label = dota_root / "labelTxt" / "alpha.txt"
+    label.write_text(label.read_text() + dota_line(20, 40, 120, 100, "tank") + "\n")
+    out = tmp_path / "out"
+    prepare(tiny_config(dota_root, out, chip=replace(TINY_CHIP, ignore_cut=ignore_cut)))
+    attrs = ChipDataset(out).attrs
+    if ignore_cut:
+        assert TOO_LARGE not in attrs["dropped_labels"] and attrs["objects_in_chips"]["ignored"] > 1
+        assert "kept as ignored regions" in caplog.text
+    else:
+        assert attrs["dropped_labels"][TOO_LARGE] == 1
+        assert "chip alpha: 1 object(s) of which no 64 px chip holds min_visible=0.7: dropped" in caplog.text
 
 
 def test_rerun_skips_finished_scenes_and_redoes_changed_ones(dota_root, tmp_path):
