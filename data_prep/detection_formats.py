@@ -82,6 +82,8 @@ RAREPLANES_ROLES = ("Small Civil Transport/Utility", "Medium Civil Transport/Uti
 RAREPLANES_GEOMETRY = ("geographic", "pixel")
 
 CLIPPED = "boxes clipped to their image"
+OUTSIDE_CLIPPED = "boxes reaching beyond their image, clipped (dota.outside_boxes=clip)"
+MISSING_IMAGE = "label files without an image, skipped (dota.missing_images=skip)"
 DEGENERATE = "empty or degenerate boxes"
 
 
@@ -122,15 +124,23 @@ class LabelSet:
 
 @dataclass(frozen=True)
 class DotaSettings:
-    """``version``: 1.0 (15 classes) or 1.5 (16: adds container-crane), the classes when none are configured."""
+    """``version``: 1.0 (15 classes) or 1.5 (16: adds container-crane), the classes when none are configured.
+    ``missing_images``: ``stop`` at label files without an image, or ``skip`` them; ``outside_boxes``: ``stop``
+    at boxes reaching more than EDGE_TOLERANCE_PX beyond their image, or ``clip`` them. Either way the
+    count is told: in the error, or in the dataset's ``dropped_labels``."""
 
     version: str = "1.0"
+    missing_images: str = "stop"
+    outside_boxes: str = "stop"
 
     def __post_init__(self):
         object.__setattr__(self, "version", str(self.version))
         if self.version not in DOTA_CLASSES:
             raise InputError(f"dota.version: unknown version {self.version!r} (expected one of "
                              f"{', '.join(DOTA_CLASSES)})")
+        for name, choices in (("missing_images", ("stop", "skip")), ("outside_boxes", ("stop", "clip"))):
+            if getattr(self, name) not in choices:
+                raise InputError(f"dota.{name}: expected {' or '.join(choices)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -219,13 +229,16 @@ def fit_to_image(boxes: np.ndarray, labels: np.ndarray, difficult: np.ndarray, i
 
 def _log_dropped(what: str, dropped: Mapping[str, int]) -> None:
     for reason, count in dropped.items():
-        log.warning("%s: %d %s", what, count, reason if reason == CLIPPED else f"dropped ({reason})")
+        log.warning("%s: %d %s", what, count,
+                    reason if reason in (CLIPPED, OUTSIDE_CLIPPED, MISSING_IMAGE) else f"dropped ({reason})")
 
 
 # --- DOTA ---------------------------------------------------------------------------------------------------------
 
-def _dota_file(path: Path, info: ImageInfo, index: Mapping[str, int], dropped: dict[str, int]) -> SceneLabels:
-    """Parse one labelTxt file of the image ``info``."""
+def _dota_file(path: Path, info: ImageInfo, index: Mapping[str, int], dropped: dict[str, int],
+               outside: list[str]) -> SceneLabels:
+    """Parse one labelTxt file of the image ``info``; each box reaching beyond the edge tolerance is described
+    in ``outside`` (and kept, to be clipped)."""
     try:
         text = path.read_text(encoding="utf-8-sig", errors="replace")
     except OSError as exc:
@@ -259,8 +272,8 @@ def _dota_file(path: Path, info: ImageInfo, index: Mapping[str, int], dropped: d
         x1, x2, y1, y2 = min(coords[0::2]), max(coords[0::2]), min(coords[1::2]), max(coords[1::2])
         if (x1 < -EDGE_TOLERANCE_PX or y1 < -EDGE_TOLERANCE_PX or x2 > info.width + EDGE_TOLERANCE_PX
                 or y2 > info.height + EDGE_TOLERANCE_PX):
-            raise InputError(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside image {info.path.name} "
-                             f"({info.width}x{info.height} px)")
+            outside.append(f"{where}: box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) lies outside image {info.path.name} "
+                           f"({info.width}x{info.height} px)")
         rows.append((x1, y1, x2, y2, index[name], flag != "0"))
     fitted: dict[str, int] = {}
     boxes, labels, difficult = fit_to_image(*_box_arrays(rows), info, fitted)
@@ -280,15 +293,22 @@ def read_dota(images: Path, labels: Path | None, classes: Sequence[str] | None,
         raise InputError(f"labels {labels}: not a folder (expected DOTA's labelTxt folder)")
     label_paths = {p.stem: p for p in sorted(labels.glob("*.txt"))}
     orphans = sorted(set(label_paths) - set(image_paths))
-    if orphans:
-        raise InputError(f"labels {label_paths[orphans[0]]}: no image {orphans[0]}.* in {images} "
-                         f"({len(orphans)} label file(s) without an image)")
     dropped: dict[str, int] = {}
-    scenes = []
+    if orphans and settings.missing_images == "stop":
+        raise InputError(f"labels {label_paths[orphans[0]]}: no image {orphans[0]}.* in {images} "
+                         f"({len(orphans)} label file(s) without an image; dota.missing_images=skip skips them)")
+    if orphans:
+        dropped[MISSING_IMAGE] = len(orphans)
+    scenes, outside = [], []
     for name, path in image_paths.items():
         if name not in label_paths:
             raise InputError(f"image {path}: no label file {labels / (name + '.txt')}")
-        scenes.append(_dota_file(label_paths[name], image_info(path), index, dropped))
+        scenes.append(_dota_file(label_paths[name], image_info(path), index, dropped, outside))
+    if outside and settings.outside_boxes == "stop":
+        raise InputError(f"{outside[0]} ({len(outside)} box(es) beyond their image; dota.outside_boxes=clip "
+                         "clips them)")
+    if outside:
+        dropped[OUTSIDE_CLIPPED] = len(outside)
     _log_dropped(f"DOTA labels {labels}", dropped)
     return LabelSet(classes, scenes, dropped)
 

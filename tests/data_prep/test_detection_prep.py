@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -25,11 +26,12 @@ from data_prep.detection import (
 )
 from data_prep.normalize import NormalizeSettings
 from data_prep.detection_formats import (
-    DOTA_V1_0, RAREPLANES_ROLES, XVIEW_CLASSES, DotaSettings, RarePlanesSettings, read_dota, read_rareplanes,
+    MISSING_IMAGE, OUTSIDE_CLIPPED, DOTA_V1_0, RAREPLANES_ROLES, XVIEW_CLASSES, DotaSettings, RarePlanesSettings, read_dota, read_rareplanes,
     read_xview,
 )
 from data_prep.synthetic_objects import CLASSES as SYNTHETIC_CLASSES, COLOURS, generate_object_scenes
 from helpers import LIMIT_S, REPO
+from helpers.core import compose_config
 
 UTM = "EPSG:32610"
 TRANSFORM = Affine(0.5, 0, 500_000, 0, -0.5, 4_200_000)
@@ -477,6 +479,33 @@ def test_bad_input_stops_with_one_line_naming_the_file_and_no_dataset(case, dota
         prepare(config)
     assert "\n" not in str(err.value)
     assert not (config.out_dir / "dataset.json").exists()
+
+
+@pytest.mark.parametrize("case, hint, reason", [
+    ("missing image", "dota.missing_images=skip", MISSING_IMAGE),
+    ("box beyond the image", "dota.outside_boxes=clip", OUTSIDE_CLIPPED),
+])
+def test_the_hint_of_a_stopped_dota_prep_works_when_followed(dota_root, tmp_path, case, hint, reason):
+    """Stops by default, counting what stopped it; the override the error names (composed as the command line
+    would) prepares the dataset and counts what it skipped or clipped."""
+    labels = dota_root / "labelTxt"
+    if case == "missing image":
+        (labels / "echo.txt").write_text(dota_line(1, 1, 9, 9) + "\n")
+        (labels / "foxtrot.txt").write_text(dota_line(1, 1, 9, 9) + "\n")
+        stop = r"labels .*echo.txt: no image echo.\* in .* \(2 label file\(s\) without an image; "
+        count = 2
+    else:
+        (labels / "bravo.txt").write_text(dota_line(100, 100, 132, 120) + "\n" + dota_line(90, 5, 140, 20) + "\n")
+        stop = r"labels .*bravo.txt:1: box \(100, 100, 132, 120\) lies outside image bravo.tif \(130x130 px\) " \
+               r"\(2 box\(es\) beyond their image; "
+        count = 2
+    overrides = [f"images={dota_root / 'images'}", f"out_dir={tmp_path / 'out'}", "classes=[car,tank]",
+                 "chip.size=64", "chip.overlap=0.25", "chip.keep_empty=0.0", "progress=false"]
+    with pytest.raises(InputError, match=stop + re.escape(hint)):
+        prepare(PrepConfig.from_cfg(compose_config("prep_detection", overrides)))
+    assert not (tmp_path / "out" / "dataset.json").exists()
+    prepare(PrepConfig.from_cfg(compose_config("prep_detection", [*overrides, hint])))
+    assert ChipDataset(tmp_path / "out").attrs["dropped_labels"][reason] == count
 
 
 def test_split_methods_are_those_the_detection_prep_has():
