@@ -218,12 +218,18 @@ def _check_resolution(folder: Path, band: str, path: Path) -> None:
                          f"expected {expected:g} m")
 
 
-def open_product(folder: Path, settings: Sentinel2Settings = Sentinel2Settings()) -> Product:
+WITHOUT_SCL_HINT = "sentinel2.cloud_mask=none reads products without it"
+"""What to do about a product without SCL, in a prep: the setting that reads such products."""
+
+
+def open_product(folder: Path, settings: Sentinel2Settings = Sentinel2Settings(),
+                 without_scl_hint: str = WITHOUT_SCL_HINT) -> Product:
     """Locate a product's bands and metadata and check them.
 
     Raises InputError naming the product for: a missing band (SCL only when ``cloud_mask`` is
-    ``scl``), a band whose pixel size is not that of its name (10 m, SCL 20 m), reflectance bands
-    off one grid, and missing or unreadable metadata.
+    ``scl``; the error ends with ``without_scl_hint``, what the calling command offers), a band whose
+    pixel size is not that of its name (10 m, SCL 20 m), reflectance bands off one grid, and missing or
+    unreadable metadata.
     """
     folder = Path(folder)
     bands: dict[str, Path] = {}
@@ -233,8 +239,7 @@ def open_product(folder: Path, settings: Sentinel2Settings = Sentinel2Settings()
         except InputError as exc:
             if band != SCL_BAND:
                 raise
-            raise InputError(f"product {folder}: no SCL band for the cloud mask ({exc}; "
-                             "sentinel2.cloud_mask=none reads products without it)") from None
+            raise InputError(f"product {folder}: no SCL band for the cloud mask ({exc}; {without_scl_hint})") from None
         _check_resolution(folder, band, bands[band])
     check_same_grid({band: bands[band] for band in REFLECTANCE_BANDS}, f"product {folder}")
     metadata, baseline, offsets, sensing = product_metadata(folder, settings)

@@ -46,7 +46,10 @@ def prepared_pair(task: Any, args: argparse.Namespace, work_dir: Path) -> Iterat
     preparation = recorded_preparation(task, DeforestationPreparation)
     sentinel2 = preparation.recorded("sentinel2", Sentinel2Settings())
     stretch = preparation.recorded("stretch", NormalizeSettings())
-    products = {date: open_product(folder, sentinel2) for date, folder in zip(DATES, (args.before, args.after))}
+    # The cloud mask is the training data's: predict has no setting of its own for it.
+    without_scl = ("the model's training data was cloud-masked with SCL: give the product its SCL band, or use a "
+                   "model trained on data prepared with sentinel2.cloud_mask=none")
+    products = {date: open_product(folder, sentinel2, without_scl) for date, folder in zip(DATES, (args.before, args.after))}
     work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".predict-", dir=work_dir) as tmp:
         paths = {f"{date}_{combo}": Path(tmp) / f"{date}_{combo}.tif" for date in DATES for combo in task.bands}

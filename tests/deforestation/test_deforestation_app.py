@@ -130,3 +130,24 @@ def test_reevaluation_needs_no_encoder_checkpoint_and_gives_the_same_scores(pair
     assert reproduce([str(run_dir), "--evaluate"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["new"] == pytest.approx(result["saved"], abs=1e-6) and "test/f1" in result["new"]
+
+
+def test_predict_without_scl_says_what_predict_can_do(tmp_path):
+    """A model trained on cloud-masked data meets a product without SCL: predict has no cloud-mask setting of
+    its own, so its error names what works (the prep's hint, sentinel2.cloud_mask=none, is not an option here)."""
+    import argparse
+    from types import SimpleNamespace
+
+    from data_prep.synthetic_pairs import generate_pairs
+
+    from apps.deforestation.predict import prepared_pair
+
+    areas, _ = generate_pairs(tmp_path / "input", n_areas=1, size=64, seed=3)
+    (areas / "area_00" / "after" / "SCL.tif").unlink()
+    task = SimpleNamespace(preparation={"attrs": {"sentinel2": {"cloud_mask": "scl"}}}, bands=["nirrg"])
+    args = argparse.Namespace(before=areas / "area_00" / "before", after=areas / "area_00" / "after")
+    with pytest.raises(InputError, match=r"product .*area_00/after: no SCL band for the cloud mask \(.*; the model's "
+                                         r"training data was cloud-masked with SCL: give the product its SCL band"):
+        with prepared_pair(task, args, tmp_path / "work"):
+            pass
+    assert not any((tmp_path / "work").glob("*"))
