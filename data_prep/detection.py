@@ -327,6 +327,15 @@ def load_labels(config: PrepConfig) -> LabelIndex:
 
 # --- chip stage -----------------------------------------------------------------------------------------------------
 
+def visible_shares(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The share of each object's width inside each window column, (M, n_cols), and of its height inside each
+    window row, (M, n_rows); their product is the share of its area in a window."""
+    x1, y1, x2, y2 = (objects[:, i:i + 1] for i in range(4))
+    return (np.clip(np.minimum(x2, cols + size) - np.maximum(x1, cols), 0, None) / (x2 - x1),
+            np.clip(np.minimum(y2, rows + size) - np.maximum(y1, rows), 0, None) / (y2 - y1))
+
+
 def cut_boxes(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int,
               settings: DetectionChipSettings) -> np.ndarray:
     """The objects of every window (rows x cols offsets, row-major window index ``r * len(cols) + c``):
@@ -334,10 +343,8 @@ def cut_boxes(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, size: int
 
     ``objects``: (M, 6) OBJECT_COLUMNS of non-empty boxes in scene pixels. The keep rule is the module's.
     """
-    x1, y1, x2, y2 = (objects[:, i:i + 1] for i in range(4))
     difficult = objects[:, 5] > 0
-    visible_x = np.clip(np.minimum(x2, cols + size) - np.maximum(x1, cols), 0, None) / (x2 - x1)  # (M, n_cols)
-    visible_y = np.clip(np.minimum(y2, rows + size) - np.maximum(y1, rows), 0, None) / (y2 - y1)  # (M, n_rows)
+    visible_x, visible_y = visible_shares(objects, rows, cols, size)
     parts = []
     for r, row_off in enumerate(rows):
         candidates = np.flatnonzero(visible_y[:, r] > 0)
@@ -368,10 +375,9 @@ def uncovered_objects(objects: np.ndarray, rows: np.ndarray, cols: np.ndarray, s
                       settings: DetectionChipSettings) -> np.ndarray:
     """(M,) bool: the objects (OBJECT_COLUMNS) that are not difficult and of which no window (``cut_boxes``'
     windows) holds ``min_visible``: in no chip as an object to detect."""
-    x1, y1, x2, y2 = (objects[:, i:i + 1] for i in range(4))
-    best_x = (np.clip(np.minimum(x2, cols + size) - np.maximum(x1, cols), 0, None) / (x2 - x1)).max(axis=1)
-    best_y = (np.clip(np.minimum(y2, rows + size) - np.maximum(y1, rows), 0, None) / (y2 - y1)).max(axis=1)
-    return (best_x * best_y < settings.min_visible - VISIBLE_EPS) & (objects[:, 5] == 0)
+    visible_x, visible_y = visible_shares(objects, rows, cols, size)
+    best = visible_x.max(axis=1) * visible_y.max(axis=1)  # the share in a window is a product: its best, of bests
+    return (best < settings.min_visible - VISIBLE_EPS) & (objects[:, 5] == 0)
 
 
 def select_windows(table: np.ndarray, n_windows: int, settings: DetectionChipSettings, scene: str) -> np.ndarray:
