@@ -165,9 +165,10 @@ def _write_outputs(paths: dict[str, Path], boxes: np.ndarray, scores: np.ndarray
                for b, s, k in zip(boxes, scores, labels)]
     with atomic_path(paths["geojson"]) as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*crs.* was not provided")  # pixel boxes have none
-        frame.to_file(tmp, driver="GeoJSON")
+        frame.to_file(tmp, driver="GeoJSON", layer=Path(paths["geojson"]).stem)
     if georeferenced:
         with atomic_path(paths["geojson_4326"]) as tmp:
-            frame.to_crs(GEOJSON_CRS).to_file(tmp, driver="GeoJSON", RFC7946="YES")
+            frame.to_crs(GEOJSON_CRS).to_file(tmp, driver="GeoJSON", RFC7946="YES",
+                                              layer=Path(paths["geojson_4326"]).stem)
     atomic_write_text(paths["coco"], json.dumps(results))
     log.info("%s: %d boxes of %dx%d px", scene, len(boxes), width, height)

@@ -112,6 +112,9 @@ def test_polygons_carry_their_area_and_small_ones_are_dropped(tmp_path):
                             class_name="burned", show_progress=False)
     polygons = gpd.read_file(tmp_path / "out.geojson")
     assert polygons.crs.to_epsg() == 4326
+    import pyogrio  # the layer is named after the output, not after the temporary file it was written as
+
+    assert [name for name, _ in pyogrio.list_layers(tmp_path / "out.geojson")] == ["out"]
     assert polygons["area_m2"].tolist() == [10000.0]
     assert summary["polygons"] == 1 and summary["burned_ha"] == pytest.approx(1.04)
     assert polygons.to_crs("EPSG:32610").area.iloc[0] == pytest.approx(10000, rel=1e-3)

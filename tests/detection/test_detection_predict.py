@@ -97,6 +97,10 @@ def test_each_object_is_found_once_across_overlapping_windows(tmp_path):
     wgs84 = gpd.read_file(tmp_path / "out" / "boxes.4326.geojson")
     assert wgs84.crs.to_epsg() == 4326 and len(wgs84) == len(SQUARES)
     assert set(native.columns) >= {"class", "score", "x1", "y1", "x2", "y2"}
+    import pyogrio  # each file's layer is named after the output, not after the temporary file it was written as
+
+    assert [name for name, _ in pyogrio.list_layers(tmp_path / "out" / "boxes.geojson")] == ["boxes"]
+    assert [name for name, _ in pyogrio.list_layers(tmp_path / "out" / "boxes.4326.geojson")] == ["boxes.4326"]
 
 
 def test_an_image_without_georeference_gets_pixel_boxes(tmp_path):

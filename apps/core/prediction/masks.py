@@ -121,7 +121,7 @@ def predict_scene(
                 raise InputError(f"{', '.join(str(p) for _, p in rasters.values())}: no valid pixels "
                                  "(every pixel is nodata)")
             with atomic_path(geojson_path) as tmp_geojson:
-                area_m2, polygons = write_class_polygons(tmp_tif, tmp_geojson, min_area_m2)
+                area_m2, polygons = write_class_polygons(tmp_tif, tmp_geojson, min_area_m2, Path(geojson_path).stem)
     finally:
         for _, src in sources:
             src.close()
@@ -206,10 +206,12 @@ def areas_m2(frame) -> np.ndarray:
     return frame.to_crs(frame.estimate_utm_crs()).area.to_numpy()
 
 
-def write_class_polygons(prediction: Path, out_path: Path, min_area_m2: float) -> tuple[float, int]:
+def write_class_polygons(prediction: Path, out_path: Path, min_area_m2: float, layer: str | None = None,
+                         ) -> tuple[float, int]:
     """Polygonize the class pixels (value 1) of a prediction GeoTIFF's band 1 into a GeoJSON
-    FeatureCollection in EPSG:4326, one feature per 4-connected region of at least ``min_area_m2``,
-    with its ``area_m2``. Returns (area of all regions in m², number of polygons written)."""
+    FeatureCollection in EPSG:4326 named ``layer`` (default: ``out_path``'s stem), one feature per
+    4-connected region of at least ``min_area_m2``, with its ``area_m2``. Returns (area of all regions in m²,
+    number of polygons written)."""
     import geopandas as gpd
     from rasterio.features import shapes
     from shapely.geometry import shape
@@ -221,7 +223,7 @@ def write_class_polygons(prediction: Path, out_path: Path, min_area_m2: float) -
     frame = gpd.GeoDataFrame(geometry=geometries, crs=crs)
     frame["area_m2"] = areas_m2(frame)
     kept = frame[frame["area_m2"] >= min_area_m2]
-    kept.to_crs(GEOJSON_CRS).to_file(out_path, driver="GeoJSON", RFC7946="YES")
+    kept.to_crs(GEOJSON_CRS).to_file(out_path, driver="GeoJSON", RFC7946="YES", layer=layer or Path(out_path).stem)
     return float(frame["area_m2"].sum()), len(kept)
 
 
